@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: MIT
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+CFLAGS ?= -O2 -g
+WARNINGS = -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes
+PKGS = libcurl libarchive libcjson libcrypto
+SOURCES = d-pull.c d-run.c common.c common.h
+# Debian packages: build, run time, tests.
+DEBS = gcc make pkg-config libcurl4-openssl-dev libarchive-dev libcjson-dev libssl-dev \
+	bubblewrap ca-certificates \
+	docker-registry skopeo umoci busybox-static python3 python3-jwt python3-cryptography \
+	openssl zstd perl util-linux shellcheck
+
+all: d-pull d-run
+
+d-pull d-run: %: %.c common.c common.h
+	$(CC) -std=gnu11 $(WARNINGS) $$(pkg-config --cflags $(PKGS)) $(CPPFLAGS) $(CFLAGS) \
+		-o $@ $< common.c $(LDFLAGS) $$(pkg-config --libs $(PKGS))
+
+asan/d-pull asan/d-run: asan/%: %.c common.c common.h
+	@mkdir -p asan
+	$(CC) -std=gnu11 $(WARNINGS) -Werror -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+		$$(pkg-config --cflags $(PKGS)) -o $@ $< common.c $$(pkg-config --libs $(PKGS))
+
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+		grep -q 'ok installed' || echo $$p; done); \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "missing packages; run: sudo apt-get install" $$missing; exit 1; fi; \
+	echo "installing:" $$missing; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
+
+budget:
+	@lines=$$(cat $(SOURCES) | wc -l); echo "$$lines lines in $(SOURCES)"; \
+	[ $$lines -lt 1000 ] || { echo "over the 1000-line budget"; exit 1; }
+
+check: deps budget
+	$(MAKE) CFLAGS="$(CFLAGS) -Werror" all asan/d-pull asan/d-run
+	prove tests/
+	ASAN_OPTIONS=detect_leaks=0 D_BIN_DIR=$(CURDIR)/asan prove tests/
+
+demo: deps all
+	tests/demo.sh
+
+install: all
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 d-pull d-run $(DESTDIR)$(BINDIR)
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/d-pull $(DESTDIR)$(BINDIR)/d-run
+
+clean:
+	rm -rf d-pull d-run asan
+
+.PHONY: all deps budget check demo install uninstall clean

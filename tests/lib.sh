@@ -1,0 +1,419 @@
+# shellcheck shell=bash disable=SC2034 # the variables are for the tests that source this
+# SPDX-License-Identifier: MIT
+# tests/lib.sh: sourced by every tests/*.t. TAP output, a temp dir, users, a test CA,
+# real docker-registry servers on loopback and the fixture images to push to them.
+#
+# Variables set on sourcing:
+#   SRC       repo root (absolute)
+#   T         fresh temp dir (0755, under /tmp), removed at exit (KEEP_T=1 keeps it)
+#   DPULL     ${D_BIN_DIR:-$SRC}/d-pull     DRUN  ${D_BIN_DIR:-$SRC}/d-run
+#   FIXTURES  $SRC/tests/.fixtures (the built images, kept between runs)
+#   SERVER_PIDS  pids of every server started (stopped by stop_servers / at exit)
+# Set by the functions below:
+#   SSL_CERT_FILE and CURL_CA_BUNDLE (exported, make_ca), REG_HTTP / REG_TLS / REG_TOKEN = 127.0.0.1:PORT,
+#   TOKEN_REALM = https://127.0.0.1:PORT/token, TOKEN_SERVICE, TOKEN_LOG = $T/token.log
+#   (one line per issued token: "anonymous|alice SCOPE..."), REG_STORAGE_<KIND>.
+#
+# Fixtures (tests/fixtures.py builds them as root into $FIXTURES, once, under flock).
+# Every one is linux/amd64 unless said otherwise; all OCI ones come from umoci, so
+# their manifests have no mediaType field and end in a newline.
+#   busybox   OCI manifest, one tar+gzip layer: /bin/busybox (Debian busybox-static)
+#             and absolute symlinks -> /bin/busybox for every applet of
+#             `busybox --list-full` (/bin/sh, /bin/ls, /usr/bin/id, /usr/bin/env ...),
+#             /etc/passwd (root 0, user 1000 /home/user, nobody 65534), /etc/group
+#             (root 0, staff 50, user 1000, nogroup 65534), /etc/os-release
+#             (ID=d-utils-test, PRETTY_NAME="d-utils test image (busybox)"), dirs /root
+#             (0700) /home/user (1000:1000) /tmp (1777) /proc /sys (0555) /dev /usr/bin
+#             /usr/sbin /sbin /etc. Config: Env [PATH=/usr/local/sbin:/usr/local/bin:
+#             /usr/sbin:/usr/bin:/sbin:/bin, FOO=bar], Cmd [sh], no User/WorkingDir.
+#   full      busybox + User "user", Entrypoint ["/bin/echo","entry"], Cmd ["cmd"],
+#             WorkingDir /home/user/work (absent from the rootfs), Volumes {"/data":{}},
+#             Hostname "fixturehost"; Env as busybox (no HOME: d-run derives it).
+#   hostile-config  busybox + "net": true and "rw": true (both in the config object
+#             and at the top level), Volumes {"/etc/shadow-host:/x":{}, "/ok":{}}.
+#   layers    5 tar+gzip layers:
+#             1 busybox;
+#             2 (umoci) /data/{keep,gone,same}, /data/dir/{a,b}, /opt/old/{x,y},
+#               /srv/tree/top, /srv/tree/sub/deep/file; each file holds
+#               "BASENAME from layer 2\n";
+#             3 (umoci) data/.wh.gone, data/.wh.dir;
+#             4 (umoci) srv/tree as a regular file "tree is now a file\n", FOLLOWED by
+#               srv/tree/.wh.sub and srv/tree/.wh.top (umoci 0.4.7 writes whiteouts
+#               for the old children under the path that is now a file: these must
+#               be no-ops, not errors);
+#             5 (by hand, in this order) data/, data/same "same from layer 5\n",
+#               data/.wh.same, opt/, opt/old/, opt/old/new "new from layer 5\n",
+#               opt/old/.wh..wh..opq.
+#             Expected final tree: /data/keep ("keep from layer 2\n"), /data/same
+#             ("same from layer 5\n"), /opt/old containing only new ("new from layer
+#             5\n"), /srv/tree a regular file ("tree is now a file\n"); absent:
+#             /data/gone, /data/dir, /opt/old/x, /opt/old/y, anything named .wh.*.
+#   multi     OCI index: [0] linux/arm64/v8, [1] linux/amd64, [2] unknown/unknown
+#             (in-toto attestation manifest, annotation vnd.docker.reference.type=
+#             attestation-manifest). Each platform image is busybox (amd64 binary) plus
+#             a layer with /etc/platform = "linux/arm64/v8\n" or "linux/amd64\n"; the
+#             configs say architecture arm64 + variant v8, resp. amd64.
+#   dockerlist  the two platform images of multi as Docker schema 2 manifests in a
+#             Docker manifest list (arm64/v8 first), no attestation entry.
+#   plain     busybox with an uncompressed layer (application/vnd.oci.image.layer.v1.tar).
+#   zstd      busybox with a zstd layer (application/vnd.oci.image.layer.v1.tar+zstd).
+#   docker    busybox as a Docker schema 2 manifest, config
+#             application/vnd.docker.container.image.v1+json, layer
+#             application/vnd.docker.image.rootfs.diff.tar.gzip.
+#   i386      busybox built from Debian's busybox-static:i386, config architecture 386;
+#             it needs the Debian mirror once (the .deb is cached in $FIXTURES):
+#             check `have_fixture i386` and skip when it fails.
+# OCI fixtures are OCI image layouts ($FIXTURES/NAME, tag latest); docker and
+# dockerlist are skopeo dir: layouts, as skopeo's oci: transport holds no Docker types.
+
+set -u
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DPULL=${D_BIN_DIR:-$SRC}/d-pull
+DRUN=${D_BIN_DIR:-$SRC}/d-run
+FIXTURES=$SRC/tests/.fixtures
+PYTHON=/usr/bin/python3 # python3 on PATH may lack python3-jwt
+SERVER_PIDS=()
+T=$(mktemp -d /tmp/d-utils-test.XXXXXX) || exit 1
+chmod 0755 "$T"
+_TESTS=0
+_FAILED=0
+
+stop_servers() {
+	local pid i
+	for pid in "${SERVER_PIDS[@]}"; do
+		kill "$pid" 2>/dev/null
+	done
+	for pid in "${SERVER_PIDS[@]}"; do
+		for ((i = 0; i < 50; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null || true
+	done
+	SERVER_PIDS=()
+}
+
+_cleanup() {
+	local rc=$?
+	set +e # the cleanup must run to its end, whatever the test set
+	stop_servers
+	if [ -n "${KEEP_T:-}" ]; then
+		echo "# kept $T" >&2
+	elif [ -d "$T" ]; then
+		# rootfs trees may hold 0555/0000 directories
+		chmod -R u+rwx "$T" 2>/dev/null
+		rm -rf "$T"
+	fi
+	[ "$_FAILED" -eq 0 ] || exit 1
+	exit "$rc"
+}
+trap _cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- TAP ---------------------------------------------------------------------
+
+plan() { echo "1..$1"; }
+
+skip_all() {
+	echo "1..0 # SKIP $*"
+	exit 0
+}
+
+diag() { printf '%s\n' "$*" | sed 's/^/# /'; }
+
+_result() { # STATUS(0=pass) DESC
+	_TESTS=$((_TESTS + 1))
+	if [ "$1" -eq 0 ]; then
+		echo "ok $_TESTS - $2"
+	else
+		echo "not ok $_TESTS - $2"
+		_FAILED=$((_FAILED + 1))
+	fi
+}
+
+# ok DESC CMD...: passes when CMD exits 0; on failure shows its output. Returns CMD's status.
+ok() {
+	local desc=$1 out=$T/.ok-output rc
+	shift
+	if "$@" >"$out" 2>&1; then rc=0; else rc=$?; fi
+	_result "$rc" "$desc"
+	if [ "$rc" -ne 0 ]; then
+		sed 's/^/# /' "$out"
+		echo "# exit status $rc: $*"
+	fi
+	return "$rc"
+}
+
+# is DESC GOT EXPECTED
+is() {
+	if [ "$2" = "$3" ]; then
+		_result 0 "$1"
+	else
+		_result 1 "$1"
+		diag "     got: '$2'"
+		diag "expected: '$3'"
+		return 1
+	fi
+}
+
+# like DESC GOT REGEX (bash =~)
+like() {
+	if [[ $2 =~ $3 ]]; then
+		_result 0 "$1"
+	else
+		_result 1 "$1"
+		diag "     got: '$2'"
+		diag "expected to match: $3"
+		return 1
+	fi
+}
+
+# skip DESC REASON
+skip() {
+	_TESTS=$((_TESTS + 1))
+	echo "ok $_TESTS - $1 # SKIP $2"
+}
+
+# json_eval EXPR < JSON: prints the Python expression EXPR over the document `j`
+json_eval() {
+	"$PYTHON" -c 'import json, sys
+j = json.load(sys.stdin)
+r = eval(sys.argv[1])
+print(r if isinstance(r, str) else json.dumps(r))' "$1"
+}
+
+# --- users -------------------------------------------------------------------
+# Each user gets its own HOME (and so its own cache); XDG_* of the caller are dropped.
+
+as_root() {
+	mkdir -p "$T/home-0"
+	HOME=$T/home-0 env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
+}
+
+as_user() {
+	local home=$T/home-65534
+	if [ ! -d "$home" ]; then
+		mkdir -p "$home"
+		chown 65534:65534 "$home"
+	fi
+	HOME=$home setpriv --reuid=65534 --regid=65534 --clear-groups \
+		env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
+}
+
+# --- CA and servers ------------------------------------------------------------
+
+# make_ca: $T/ca/{ca.pem,server.pem,server.key} (SANs IP:127.0.0.1, DNS:localhost),
+# $T/ca/certdir/ca.crt for skopeo; exports SSL_CERT_FILE and CURL_CA_BUNDLE.
+make_ca() {
+	local d=$T/ca
+	mkdir -p "$d/certdir"
+	(
+		cd "$d" &&
+			openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+				-keyout ca.key -out ca.pem -days 2 -subj "/CN=d-utils test CA" \
+				-addext basicConstraints=critical,CA:TRUE \
+				-addext keyUsage=critical,keyCertSign,cRLSign &&
+			openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+				-keyout server.key -out server.csr -subj "/CN=127.0.0.1" &&
+			printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+				"basicConstraints=CA:FALSE" "extendedKeyUsage=serverAuth" >server.ext &&
+			openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+				-days 2 -extfile server.ext -out server.pem &&
+			cp ca.pem certdir/ca.crt && chmod 0644 ca.pem
+	) >"$d/openssl.log" 2>&1 || {
+		diag "make_ca failed:" "$(cat "$d/openssl.log")"
+		return 1
+	}
+	# curl honours CURL_CA_BUNDLE before SSL_CERT_FILE: point both at the test CA.
+	export SSL_CERT_FILE=$d/ca.pem CURL_CA_BUNDLE=$d/ca.pem
+}
+
+free_port() {
+	"$PYTHON" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+# _wait_http URL PID CURL-ARGS...: until URL answers 200 or 401, while PID lives
+_wait_http() {
+	local url=$1 pid=$2 i code
+	shift 2
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 1
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url")
+		case $code in 200 | 401) return 0 ;; esac
+		sleep 0.1
+	done
+	return 1
+}
+
+_forget_pid() {
+	local pid keep=()
+	for pid in "${SERVER_PIDS[@]}"; do
+		[ "$pid" = "$1" ] || keep+=("$pid")
+	done
+	SERVER_PIDS=("${keep[@]}")
+}
+
+_start_token_server() {
+	local d=$T/token i pid
+	mkdir -p "$d"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-keyout "$d/sign.key" -out "$d/sign.pem" -subj "/CN=d-utils token signer" \
+		>"$d/openssl.log" 2>&1 || return 1
+	TOKEN_SERVICE='d-utils-test-registry'
+	TOKEN_LOG=$T/token.log
+	: >"$TOKEN_LOG"
+	"$PYTHON" "$SRC/tests/token-server.py" --tls-cert "$T/ca/server.pem" \
+		--tls-key "$T/ca/server.key" --sign-key "$d/sign.key" \
+		--service "$TOKEN_SERVICE" --issuer d-utils-test-issuer --log "$TOKEN_LOG" \
+		--port-file "$d/port" </dev/null >"$d/log" 2>&1 &
+	pid=$!
+	SERVER_PIDS+=("$pid")
+	for ((i = 0; i < 100; i++)); do
+		[ -s "$d/port" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [ ! -s "$d/port" ]; then
+		diag "token server did not start:" "$(cat "$d/log")"
+		return 1
+	fi
+	TOKEN_REALM=https://127.0.0.1:$(cat "$d/port")/token
+}
+
+# _registry_config KIND DIR PORT
+_registry_config() {
+	cat <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $2/storage
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$3
+  secret: d-utils-test-secret
+EOF
+	[ "$1" = http ] || cat <<EOF
+  tls:
+    certificate: $T/ca/server.pem
+    key: $T/ca/server.key
+EOF
+	[ "$1" = token ] && cat <<EOF
+auth:
+  token:
+    realm: $TOKEN_REALM
+    service: $TOKEN_SERVICE
+    issuer: d-utils-test-issuer
+    rootcertbundle: $T/token/sign.pem
+EOF
+	return 0
+}
+
+# start_registry http|tls|token: sets REG_HTTP / REG_TLS / REG_TOKEN = 127.0.0.1:PORT
+start_registry() {
+	local kind=$1 d=$T/registry-$1 scheme=https try port pid
+	case $kind in
+	http) scheme=http ;;
+	tls | token) [ -f "$T/ca/ca.pem" ] || make_ca || return 1 ;;
+	*)
+		diag "start_registry: unknown kind $kind"
+		return 1
+		;;
+	esac
+	if [ "$kind" = token ]; then
+		_start_token_server || return 1
+	fi
+	mkdir -p "$d/storage"
+	for try in 1 2 3 4 5; do
+		port=$(free_port)
+		_registry_config "$kind" "$d" "$port" >"$d/config.yml"
+		/usr/bin/docker-registry serve "$d/config.yml" </dev/null >"$d/log" 2>&1 &
+		pid=$!
+		SERVER_PIDS+=("$pid")
+		if _wait_http "$scheme://127.0.0.1:$port/v2/" "$pid" --cacert "$T/ca/ca.pem"; then
+			case $kind in
+			http) REG_HTTP=127.0.0.1:$port ;;
+			tls) REG_TLS=127.0.0.1:$port ;;
+			token) REG_TOKEN=127.0.0.1:$port ;;
+			esac
+			printf -v "REG_STORAGE_${kind^^}" '%s' "$d/storage"
+			return 0
+		fi
+		kill "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+		_forget_pid "$pid"
+		diag "start_registry $kind: try $try on port $port failed"
+	done
+	diag "docker-registry log:" "$(cat "$d/log")"
+	return 1
+}
+
+# --- fixtures ----------------------------------------------------------------
+
+# build_fixtures [NAME...]: build the missing fixtures (all without NAME)
+build_fixtures() {
+	mkdir -p "$FIXTURES"
+	if ! flock "$FIXTURES/.lock" "$PYTHON" "$SRC/tests/fixtures.py" "$FIXTURES" "$@" \
+		</dev/null >"$T/fixtures.log" 2>&1; then
+		diag "building fixtures $* failed:" "$(cat "$T/fixtures.log")"
+		return 1
+	fi
+}
+
+# have_fixture NAME: builds NAME, fails quietly when it cannot be built
+have_fixture() {
+	build_fixtures "$1" >/dev/null
+}
+
+# fixture_ref NAME: the skopeo source reference of a built fixture
+fixture_ref() {
+	if [ -f "$FIXTURES/$1/manifest.json" ]; then
+		echo "dir:$FIXTURES/$1"
+	else
+		echo "oci:$FIXTURES/$1:latest"
+	fi
+}
+
+# _skopeo_opts PREFIX REGISTRY: sets _OPTS to skopeo's TLS/credential options for
+# one of our registries; PREFIX is --dest- for copy, -- for inspect.
+_skopeo_opts() {
+	if [ "$2" = "${REG_HTTP:-}" ]; then
+		_OPTS=("${1}tls-verify=false")
+	elif [ "$2" = "${REG_TOKEN:-}" ]; then
+		_OPTS=("${1}cert-dir" "$T/ca/certdir" "${1}creds" alice:secret)
+	else
+		_OPTS=("${1}cert-dir" "$T/ca/certdir")
+	fi
+}
+
+# push_fixture NAME REGISTRY [REPO[:TAG]]: default repo NAME, tag latest.
+# --preserve-digests: the registry gets the exact manifests and blobs of the fixture.
+push_fixture() {
+	local name=$1 reg=$2 dest=${3:-$1}
+	[[ $dest == *:* ]] || dest=$dest:latest
+	build_fixtures "$name" || return 1
+	_skopeo_opts --dest- "$reg"
+	skopeo copy -q --all --preserve-digests "${_OPTS[@]}" \
+		"$(fixture_ref "$name")" "docker://$reg/$dest" </dev/null
+}
+
+# inspect_raw REGISTRY REPO[:TAG|@DIGEST] [SKOPEO-INSPECT-OPTS...]: the manifest as stored
+inspect_raw() {
+	local reg=$1 ref=$2
+	shift 2
+	_skopeo_opts -- "$reg"
+	skopeo inspect --raw "${_OPTS[@]}" "$@" "docker://$reg/$ref" </dev/null
+}
