@@ -6,7 +6,7 @@
 . "$(dirname "$0")/lib.sh"
 
 FIXTURE_NAMES=(busybox full hostile-config layers multi dockerlist plain zstd docker i386)
-plan $((36 + 2 * ${#FIXTURE_NAMES[@]}))
+plan $((37 + 2 * ${#FIXTURE_NAMES[@]}))
 
 # --- CA ------------------------------------------------------------------------
 ok "make_ca makes a CA and exports SSL_CERT_FILE" make_ca
@@ -89,6 +89,9 @@ like "layers: layer 3 has umoci's whiteouts" "$(layer_list layers 2)" 'data/\.wh
 like "layers: layer 4 replaces /srv/tree by a file" "$(layer_list layers 3)" 'srv/tree srv/tree/\.wh\.sub srv/tree/\.wh\.top'
 is "layers: layer 5 has whiteouts after same-layer files" "$(layer_list layers 4)" \
 	"data/ data/same data/.wh.same opt/ opt/old/ opt/old/new opt/old/.wh..wh..opq "
+cp -r "$FIXTURES/layers" "$T/layers-oci"
+umoci unpack --image "$T/layers-oci:latest" "$T/layers-bundle" >"$T/umoci.log" 2>&1
+is "layers: umoci unpack gives the documented tree" "$(layers_tree "$T/layers-bundle/rootfs")" "$LAYERS_TREE"
 like "zstd: the registry serves a zstd tar with busybox" \
 	"$(blob zstd "$(jq -r '.layers[0].digest' <<<"${RAW[zstd]}")" | zstd -dc | tar -tf - | tr '\n' ' ')" 'bin/busybox'
 

@@ -63,6 +63,8 @@
 #   i386      busybox built from Debian's busybox-static:i386, config architecture 386;
 #             it needs the Debian mirror once (the .deb is cached in $FIXTURES):
 #             check `have_fixture i386` and skip when it fails.
+#             layers_tree ROOTFS prints that tree in the form of $LAYERS_TREE.
+#             `umoci unpack` gives exactly this tree (00-testbed.t checks it).
 # OCI fixtures are OCI image layouts ($FIXTURES/NAME, tag latest); docker and
 # dockerlist are skopeo dir: layouts, as skopeo's oci: transport holds no Docker types.
 
@@ -377,6 +379,32 @@ build_fixtures() {
 have_fixture() {
 	build_fixtures "$1" >/dev/null
 }
+
+# layers_tree ROOTFS: /data, /opt and /srv of a rootfs of the layers fixture, to
+# compare with LAYERS_TREE: "path/" for a directory, "path: content" for a
+# file, "path -> target" for a symlink.
+layers_tree() {
+	(
+		cd "$1" || exit 1
+		find data opt srv | LC_ALL=C sort | while read -r p; do
+			if [ -L "$p" ]; then
+				echo "$p -> $(readlink "$p")"
+			elif [ -f "$p" ]; then
+				echo "$p: $(cat "$p")"
+			else
+				echo "$p/"
+			fi
+		done
+	)
+}
+LAYERS_TREE='data/
+data/keep: keep from layer 2
+data/same: same from layer 5
+opt/
+opt/old/
+opt/old/new: new from layer 5
+srv/
+srv/tree: tree is now a file'
 
 # fixture_ref NAME: the skopeo source reference of a built fixture
 fixture_ref() {
