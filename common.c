@@ -1,43 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /* Helpers shared by d-pull and d-run: errors, allocation, bounded reads, JSON. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/syscall.h>
-#include <unistd.h>
-#include <linux/openat2.h>
 
 #include "common.h"
 
-const char *progname = "d-utils";
+const char *progname;
 void (*die_hook)(void);
 
-static void vmessage(const char *fmt, va_list ap)
+static void vwarn(const char *fmt, va_list ap)
 {
 	int saved = errno;
-	size_t len = strlen(fmt);
 
 	fprintf(stderr, "%s: ", progname);
 	vfprintf(stderr, fmt, ap);
-	if (len && fmt[len - 1] == ':')
+	if (*fmt && fmt[strlen(fmt) - 1] == ':')
 		fprintf(stderr, " %s", strerror(saved));
 	fputc('\n', stderr);
-}
-
-void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vmessage(fmt, ap);
-	va_end(ap);
-	if (die_hook)
-		die_hook();
-	exit(1);
 }
 
 void warn(const char *fmt, ...)
@@ -45,8 +25,20 @@ void warn(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vmessage(fmt, ap);
+	vwarn(fmt, ap);
 	va_end(ap);
+}
+
+void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vwarn(fmt, ap);
+	va_end(ap);
+	if (die_hook)
+		die_hook();
+	exit(1);
 }
 
 void *xrealloc(void *p, size_t n)
@@ -56,25 +48,17 @@ void *xrealloc(void *p, size_t n)
 	return p;
 }
 
-void *xmalloc(size_t n)
-{
-	return xrealloc(NULL, n);
-}
-
-char *xstrdup(const char *s)
-{
-	return strcpy(xmalloc(strlen(s) + 1), s);
-}
-
 char *xasprintf(const char *fmt, ...)
 {
 	va_list ap;
 	char *s;
+	int r;
 
 	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		die("out of memory");
+	r = vasprintf(&s, fmt, ap);
 	va_end(ap);
+	if (r < 0)
+		die("out of memory");
 	return s;
 }
 
@@ -87,24 +71,18 @@ int open_at(int dirfd, const char *path, int flags, unsigned long long resolve)
 
 char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long resolve)
 {
-	size_t len = 0;
-	ssize_t n;
-	char *buf;
-	int fd;
+	int fd = open_at(dirfd, path, O_RDONLY, resolve);
+	char *buf = xrealloc(NULL, max + 1);
+	ssize_t n, len = 0;
 
-	if ((fd = open_at(dirfd, path, O_RDONLY, resolve)) < 0) {
-		if (errno == ENOENT)
-			return NULL;
-		die("open %s:", path);
-	}
-	buf = xmalloc(max + 1);
-	while ((n = read(fd, buf + len, max + 1 - len)) > 0 && (len += n) <= max)
-		;
-	if (n < 0)
-		die("read %s:", path);
-	if (len > max)
+	if (fd < 0 && errno == ENOENT)
+		return free(buf), NULL;
+	while (fd >= 0 && (n = read(fd, buf + len, max + 1 - len)) > 0)
+		len += n;
+	if (fd < 0 || n < 0 || close(fd))
+		die("%s:", path);
+	if ((size_t)len > max)
 		die("%s: larger than %zu bytes", path, max);
-	close(fd);
 	buf[len] = '\0';
 	return buf;
 }

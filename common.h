@@ -2,28 +2,31 @@
 /* Helpers shared by d-pull and d-run: errors, allocation, bounded reads, JSON. */
 #ifndef COMMON_H
 #define COMMON_H
-
-#include <stddef.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-/* die("open %s:", p) appends strerror(errno) when the format ends with ':'. */
+extern const char *progname;
+extern void (*die_hook)(void); /* runs before die() exits */
+
+/* die("open %s:", path) appends strerror(errno) when the format ends with ':'. */
 _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void *xmalloc(size_t n);
 void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 /* openat2(2) with resolve flags such as RESOLVE_IN_ROOT; O_CLOEXEC is added. */
 int open_at(int dirfd, const char *path, int flags, unsigned long long resolve);
-/* Reads a whole file of at most max bytes; NULL if it does not exist. */
+/* A whole file of at most max bytes, or NULL if it does not exist. */
 char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long resolve);
-/* Parses JSON text that must be an object; what names it in errors. */
+/* JSON text that must be an object; what names it in errors. */
 cJSON *parse_object(const char *text, const char *what);
 /* The string member key of obj, or NULL; any other type is an error. */
 const char *json_string(const cJSON *obj, const char *key, const char *what);
-
-extern const char *progname;
-extern void (*die_hook)(void);
-
 #endif

@@ -8,22 +8,14 @@
 #include <archive_entry.h>
 #include <curl/curl.h>
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <ftw.h>
-#include <getopt.h>
 #include <openssl/evp.h>
 #include <sched.h>
 #include <search.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common.h"
 
@@ -48,7 +40,7 @@ struct transfer {
 static struct {
 	char *registry, *host, *repo, *tag, *digest; /* registry "docker.io" has host registry-1... */
 } ref;
-static const char *want_os = "linux", *want_arch, *want_variant = "";
+static const char *want_os, *want_arch, *want_variant = "";
 static char *base_url, *auth, *credentials, *cache_path;
 static const char *out_dir;
 static int cache_fd, quiet, rootless, out_created, nlayers;
@@ -81,7 +73,7 @@ static int valid_repo(const char *r)
 
 static void parse_ref(const char *arg)
 {
-	char *s = xstrdup(arg), *p, *slash = strchr(s, '/');
+	char *s = xasprintf("%s", arg), *p, *slash = strchr(s, '/');
 
 	if ((p = strchr(s, '@'))) {
 		*p++ = '\0';
@@ -113,39 +105,27 @@ static void parse_ref(const char *arg)
 		die("%s: invalid tag \"%s\"", arg, ref.tag);
 }
 
-/* --platform, else GOOS/GOARCH/GOARM as xi/d-utils reads them, else the host's. */
+/* --platform, else GOOS/GOARCH as xi/d-utils reads them, else the host's. */
 static void parse_platform(const char *arg)
 {
-	static const char *machines[][3] = { { "x86_64", "amd64", "" }, { "aarch64", "arm64", "v8" },
-		{ "armv7l", "arm", "v7" }, { "armv6l", "arm", "v6" }, { "i686", "386", "" } };
 	static struct utsname u;
-	char *s;
-	size_t i;
+	char *s = xasprintf("%s", arg ? arg : "");
 
 	if (uname(&u))
 		die("uname:");
-	want_arch = u.machine;
-	for (i = 0; i < sizeof(machines) / sizeof(*machines); i++)
-		if (!strcmp(u.machine, machines[i][0]))
-			want_arch = machines[i][1], want_variant = machines[i][2];
-	if (getenv("GOOS"))
-		want_os = getenv("GOOS");
-	if (getenv("GOARCH"))
-		want_arch = getenv("GOARCH"), want_variant = "";
-	if (getenv("GOARM"))
-		want_variant = xasprintf("v%s", getenv("GOARM"));
+	want_arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
+		!strcmp(u.machine, "i686") ? "386" : !strncmp(u.machine, "armv", 4) ? "arm" : u.machine;
+	want_arch = getenv("GOARCH") ? getenv("GOARCH") : want_arch;
+	want_os = getenv("GOOS") ? getenv("GOOS") : "linux";
 	if (arg) {
-		s = xstrdup(arg);
 		want_os = strsep(&s, "/");
 		want_arch = strsep(&s, "/");
 		want_variant = s ? s : "";
 		if (!want_arch || !*want_os || !*want_arch || strchr(want_variant, '/'))
 			die("--platform %s: want OS/ARCH[/VARIANT]", arg);
 	}
-	if (!*want_variant && !strcmp(want_arch, "arm"))
-		want_variant = "v7";
-	if (!*want_variant && !strcmp(want_arch, "arm64"))
-		want_variant = "v8";
+	if (!*want_variant)
+		want_variant = !strcmp(want_arch, "arm") ? "v7" : !strcmp(want_arch, "arm64") ? "v8" : "";
 }
 
 /* What a user can do about an HTTP error. */
@@ -171,13 +151,11 @@ static size_t on_header(char *line, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
 
-	(void)size;
-	if (n > 17 && !strncasecmp(line, "WWW-Authenticate:", 17)) {
+	if (n > 18 && !strncasecmp(line, "WWW-Authenticate: ", 18)) {
 		free(t->challenge);
-		t->challenge = strndup(line + 17 + strspn(line + 17, " \t"), n - 17 - strspn(line + 17, " \t"));
-		t->challenge[strcspn(t->challenge, "\r\n")] = '\0';
+		t->challenge = strndup(line + 18, strcspn(line + 18, "\r\n"));
 	}
-	return n;
+	return size * n;
 }
 
 static CURL *new_handle(const char *url)
@@ -192,7 +170,6 @@ static CURL *new_handle(const char *url)
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "d-pull");
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -290,10 +267,6 @@ static char *registry_get(const char *path, const char *digest, char got[DIGEST_
 	get(&t);
 	if (got)
 		strcpy(got, t.digest);
-	curl_slist_free_all(t.headers);
-	EVP_MD_CTX_free(t.md);
-	free(t.challenge);
-	free(t.url);
 	return t.body;
 }
 
@@ -358,7 +331,7 @@ static char *find_credentials(const char *file)
 		if ((n == 15 && !strncmp(k, "index.docker.io", n)) || (n == 20 && !strncmp(k, "registry-1.docker.io", n)))
 			k = "docker.io", n = 9;
 		if (!found && strlen(ref.registry) == n && !strncmp(k, ref.registry, n) && json_string(e, "auth", file))
-			found = xstrdup(json_string(e, "auth", file));
+			found = xasprintf("%s", json_string(e, "auth", file));
 	}
 	cJSON_Delete(json);
 	free(text);
@@ -472,7 +445,7 @@ static void write_config(const char *text, const char *what, char **platform)
 			cJSON_Delete(cJSON_DetachItemViaPointer(volumes, v));
 		}
 	}
-	*platform = xstrdup(platform_name(json));
+	*platform = xasprintf("%s", platform_name(json));
 	if (!(out = cJSON_Print(config)) || !(f = fopen(path, "wxe")) || fprintf(f, "%s\n", out) < 0 || fclose(f))
 		die("%s:", path);
 	cJSON_Delete(config);
@@ -490,7 +463,7 @@ static int remove_entry(const char *path, const struct stat *st, int type, struc
 /* rm -rf, never following a symlink */
 static void remove_tree(const char *path)
 {
-	if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT)
+	if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT && errno != ENOTDIR)
 		die("remove %s:", path);
 }
 
@@ -511,7 +484,7 @@ static void clear_lower(const char *dir, void **written)
 	while (d && (de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		path = strcmp(dir, ".") ? xasprintf("%s/%s", dir, de->d_name) : xstrdup(de->d_name);
+		path = strcmp(dir, ".") ? xasprintf("%s/%s", dir, de->d_name) : xasprintf("%s", de->d_name);
 		if (!tfind(path, written, compare))
 			remove_tree(path);
 		else if (de->d_type == DT_DIR)
@@ -531,7 +504,7 @@ static void apply_whiteout(char *name, char *base, void **written)
 		base[-1] = '\0';
 	if (!strcmp(base, ".wh..wh..opq"))
 		return clear_lower(base != name ? name : ".", written);
-	target = base != name ? xasprintf("%s/%s", name, base + 4) : xstrdup(base + 4);
+	target = base != name ? xasprintf("%s/%s", name, base + 4) : xasprintf("%s", base + 4);
 	if (!tfind(target, written, compare))
 		remove_tree(target);
 	free(target);
@@ -552,7 +525,7 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 
 	while (*p == '/' || (p[0] == '.' && (p[1] == '/' || !p[1])))
 		p += p[0] == '.' && p[1] == '/' ? 2 : 1;
-	name = xstrdup(p);
+	name = xasprintf("%s", p);
 	for (n = strlen(name); n && name[n - 1] == '/'; n--)
 		name[n - 1] = '\0';
 	base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
@@ -756,7 +729,7 @@ static void pull(void)
 	/* the digest of the bytes as served: manifests are not always canonical JSON */
 	manifest = parse_object(registry_get(xasprintf("manifests/%s", reference), ref.digest, digest), reference);
 	if (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(manifest, "manifests"))) {
-		reference = xstrdup(select_platform(manifest));
+		reference = xasprintf("%s", select_platform(manifest));
 		cJSON_Delete(manifest);
 		manifest = parse_object(registry_get(xasprintf("manifests/%s", reference), reference, NULL), reference);
 	}
@@ -764,7 +737,7 @@ static void pull(void)
 	list = cJSON_GetObjectItemCaseSensitive(manifest, "layers");
 	if (!config || !valid_digest(config) || !cJSON_IsArray(list))
 		die("%s/%s: unsupported manifest (schema 1?): no config digest or layers", ref.registry, ref.repo);
-	layers = xmalloc(cJSON_GetArraySize(list) * sizeof(*layers));
+	layers = xrealloc(NULL, cJSON_GetArraySize(list) * sizeof(*layers));
 	cJSON_ArrayForEach(layer, list) {
 		reference = json_string(layer, "digest", "manifest");
 		if (!reference || !valid_digest(reference))

@@ -6,7 +6,7 @@
 . "$(dirname "$0")/lib.sh"
 
 FIXTURE_NAMES=(busybox full hostile-config layers multi dockerlist plain zstd docker i386)
-plan $((37 + 2 * ${#FIXTURE_NAMES[@]}))
+plan $((40 + 2 * ${#FIXTURE_NAMES[@]}))
 
 # --- CA ------------------------------------------------------------------------
 ok "make_ca makes a CA and exports SSL_CERT_FILE" make_ca
@@ -23,6 +23,7 @@ is "as_user runs as 65534 with its own HOME" "$(as_user sh -c 'echo "$(id -u):$(
 	"65534:65534:65534 $T/home-65534"
 # shellcheck disable=SC2016
 is "as_root runs as root with its own HOME" "$(as_root sh -c 'echo "$(id -u) $HOME"')" "0 $T/home-0"
+ok "as_user can write in user_home as_user" as_user touch "$(user_home as_user)/x"
 
 # --- registries --------------------------------------------------------------------
 http_code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
@@ -113,10 +114,15 @@ is "anonymous token gives no access to private/" \
 	"$(manifest_code private/busybox "$(token repository:private/busybox:pull)")" 401
 is "alice's token pulls private/" \
 	"$(manifest_code private/busybox "$(token repository:private/busybox:pull -u alice:secret)")" 200
+is "a token without scope opens /v2/" \
+	"$(http_code -H "Authorization: Bearer $(curl -sf "$TOKEN_REALM?service=$TOKEN_SERVICE" | jq -r .access_token)" "https://$REG_TOKEN/v2/")" 200
+is "token answer: token = access_token, expires_in = TOKEN_TTL (60)" \
+	"$(curl -sf "$TOKEN_REALM?service=$TOKEN_SERVICE" | jq -c '[.token == .access_token, .expires_in, (.issued_at | test("Z$"))]')" \
+	"[true,${TOKEN_TTL:-60},true]"
 is "wrong password is 401" \
 	"$(http_code -u alice:wrong "$TOKEN_REALM?service=$TOKEN_SERVICE&scope=repository:busybox:pull")" 401
 like "token log counts the tokens" "$(cat "$TOKEN_LOG")" \
-	$'anonymous repository:busybox:pull\nanonymous repository:private/busybox:pull\nalice repository:private/busybox:pull'
+	$'anonymous repository:busybox:pull\nanonymous repository:private/busybox:pull\nalice repository:private/busybox:pull\nanonymous\nanonymous$'
 
 # --- cleanup -------------------------------------------------------------------------
 pids=("${SERVER_PIDS[@]}")

@@ -190,18 +190,24 @@ print(r if isinstance(r, str) else json.dumps(r))' "$1"
 # --- users -------------------------------------------------------------------
 # Each user gets its own HOME (and so its own cache); XDG_* of the caller are dropped.
 
+# user_home as_root|as_user: that user's HOME ($T/home-0, $T/home-65534), made on
+# first use; the place where that user can write (e.g. a pull target).
+user_home() {
+	local uid=0
+	[ "$1" = as_user ] && uid=65534
+	if [ ! -d "$T/home-$uid" ]; then
+		mkdir -p "$T/home-$uid"
+		chown "$uid:$uid" "$T/home-$uid"
+	fi
+	echo "$T/home-$uid"
+}
+
 as_root() {
-	mkdir -p "$T/home-0"
-	HOME=$T/home-0 env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
+	HOME=$(user_home as_root) env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
 }
 
 as_user() {
-	local home=$T/home-65534
-	if [ ! -d "$home" ]; then
-		mkdir -p "$home"
-		chown 65534:65534 "$home"
-	fi
-	HOME=$home setpriv --reuid=65534 --regid=65534 --clear-groups \
+	HOME=$(user_home as_user) setpriv --reuid=65534 --regid=65534 --clear-groups \
 		env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
 }
 
