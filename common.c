@@ -1,50 +1,15 @@
 /* SPDX-License-Identifier: MIT */
-/* Helpers shared by d-pull and d-run: errors, allocation, bounded reads, JSON. */
+/* Helpers shared by d-pull and d-run: allocation, bounded reads, JSON. */
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <sys/syscall.h>
 
 #include "common.h"
 
-const char *progname;
-void (*die_hook)(void);
-
-static void vwarn(const char *fmt, va_list ap)
-{
-	int saved = errno;
-
-	fprintf(stderr, "%s: ", progname);
-	vfprintf(stderr, fmt, ap);
-	if (*fmt && fmt[strlen(fmt) - 1] == ':')
-		fprintf(stderr, " %s", strerror(saved));
-	fputc('\n', stderr);
-}
-
-void warn(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vwarn(fmt, ap);
-	va_end(ap);
-}
-
-void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vwarn(fmt, ap);
-	va_end(ap);
-	if (die_hook)
-		die_hook();
-	exit(1);
-}
-
 void *xrealloc(void *p, size_t n)
 {
 	if (!(p = realloc(p, n ? n : 1)))
-		die("out of memory");
+		errx(1, "out of memory");
 	return p;
 }
 
@@ -58,7 +23,7 @@ char *xasprintf(const char *fmt, ...)
 	r = vasprintf(&s, fmt, ap);
 	va_end(ap);
 	if (r < 0)
-		die("out of memory");
+		errx(1, "out of memory");
 	return s;
 }
 
@@ -80,9 +45,9 @@ char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long r
 	while (fd >= 0 && (n = read(fd, buf + len, max + 1 - len)) > 0)
 		len += n;
 	if (fd < 0 || n < 0 || close(fd))
-		die("%s:", path);
+		err(1, "%s", path);
 	if ((size_t)len > max)
-		die("%s: larger than %zu bytes", path, max);
+		errx(1, "%s: larger than %zu bytes", path, max);
 	buf[len] = '\0';
 	return buf;
 }
@@ -92,7 +57,7 @@ cJSON *parse_object(const char *text, const char *what)
 	cJSON *json = cJSON_Parse(text);
 
 	if (!cJSON_IsObject(json))
-		die("%s: not a JSON object", what);
+		errx(1, "%s: not a JSON object", what);
 	return json;
 }
 
@@ -101,6 +66,6 @@ const char *json_string(const cJSON *obj, const char *key, const char *what)
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
 
 	if (item && !cJSON_IsNull(item) && !cJSON_IsString(item))
-		die("%s: \"%s\" is not a string", what, key);
+		errx(1, "%s: \"%s\" is not a string", what, key);
 	return cJSON_IsString(item) ? item->valuestring : NULL;
 }

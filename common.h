@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* Helpers shared by d-pull and d-run: errors, allocation, bounded reads, JSON. */
+/* Helpers shared by d-pull and d-run: allocation, bounded reads, JSON. Errors use err(3). */
 #ifndef COMMON_H
 #define COMMON_H
 #include <cjson/cJSON.h>
+#include <err.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -13,12 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-extern const char *progname;
-extern void (*die_hook)(void); /* runs before die() exits */
-
-/* die("open %s:", path) appends strerror(errno) when the format ends with ':'. */
-_Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *xrealloc(void *p, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* openat2(2) with resolve flags such as RESOLVE_IN_ROOT; O_CLOEXEC is added. */

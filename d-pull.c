@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* d-pull: fetch an image from a Docker/OCI registry into DIR/rootfs and DIR/config.json.
- * Blobs stream into a content-addressed cache and take their digest as name only once verified.
+ * Blobs stream into a content-addressed cache and are named by their digest once verified.
  * Layers are unpacked by a child chrooted into the rootfs (in a user namespace when
  * unprivileged), so no name, link or whiteout in a layer can reach the host. */
 #define _GNU_SOURCE
@@ -28,24 +28,21 @@ struct transfer {
 	char *url, digest[DIGEST_LEN + 1]; /* what the body must hash to; filled in if empty */
 	const char *auth;                  /* for a request that is not the registry's */
 	int registry, tries, done;         /* registry: Accept manifests, renew the token on a 401 */
-	FILE *out;
 	char *body, *tmp, *challenge;
 	size_t len;
+	FILE *out;
 	curl_off_t bytes;
 	long status;
 	EVP_MD_CTX *md;
 	struct curl_slist *headers;
 };
 
-static struct {
-	char *registry, *host, *repo, *tag, *digest; /* registry "docker.io" has host registry-1... */
-} ref;
-static const char *want_os, *want_arch, *want_variant = "";
+static struct { char *registry, *host, *repo, *tag, *digest; } ref;
+static const char *want_os, *want_arch, *want_variant = "", *out_dir;
 static char *base_url, *auth, *credentials, *cache_path;
-static const char *out_dir;
-static int cache_fd, quiet, rootless, out_created, nlayers;
+static int cache_fd, quiet, rootless, nlayers, done;
 static struct transfer *layers;
-static pid_t extractor;
+static pid_t parent, extractor;
 
 static void usage(int status)
 {
@@ -56,10 +53,10 @@ static void usage(int status)
 
 static int valid_digest(const char *d)
 {
-	return strlen(d) == DIGEST_LEN && !strncmp(d, "sha256:", 7) && strspn(d + 7, "0123456789abcdef") == 64;
+	return d && strlen(d) == DIGEST_LEN && !strncmp(d, "sha256:", 7) && strspn(d + 7, "0123456789abcdef") == 64;
 }
 
-/* Lowercase components joined by separators, as in distribution's grammar for repository names. */
+/* distribution's grammar: lowercase components, separators only between alphanumerics */
 static int valid_repo(const char *r)
 {
 	const char *c;
@@ -75,14 +72,12 @@ static void parse_ref(const char *arg)
 {
 	char *s = xasprintf("%s", arg), *p, *slash = strchr(s, '/');
 
-	if ((p = strchr(s, '@'))) {
-		*p++ = '\0';
-		if (!valid_digest(p))
-			die("%s: invalid digest: want sha256: and 64 lowercase hex digits", arg);
-		ref.digest = p;
-	}
+	if ((p = strchr(s, '@')) && !valid_digest(ref.digest = p + 1))
+		errx(1, "%s: invalid digest: want sha256: and 64 lowercase hex digits", arg);
+	if (p)
+		*p = '\0';
 	ref.registry = "docker.io";
-	/* as docker: the first component is a registry only if it looks like a host */
+	/* as docker: the first component names a registry only if it looks like a host */
 	if (slash && (memchr(s, '.', slash - s) || memchr(s, ':', slash - s) || !strncmp(s, "localhost/", 10))) {
 		*slash = '\0';
 		ref.registry = s;
@@ -97,22 +92,22 @@ static void parse_ref(const char *arg)
 	ref.repo = strcmp(ref.registry, "docker.io") || strchr(s, '/') ? s : xasprintf("library/%s", s);
 	if (!*ref.registry || strspn(ref.registry, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 		"0123456789.-:[]") != strlen(ref.registry))
-		die("%s: invalid registry \"%s\"", arg, ref.registry);
+		errx(1, "%s: invalid registry \"%s\"", arg, ref.registry);
 	if (!valid_repo(ref.repo))
-		die("%s: invalid repository name \"%s\": lowercase letters, digits and . _ - /", arg, ref.repo);
-	if (ref.tag && (!*ref.tag || strlen(ref.tag) > 128 || strchr(".-", *ref.tag) ||
-		strspn(ref.tag, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != strlen(ref.tag)))
-		die("%s: invalid tag \"%s\"", arg, ref.tag);
+		errx(1, "%s: invalid repository \"%s\": want lowercase letters, digits and . _ - /", arg, ref.repo);
+	if (ref.tag && (!*ref.tag || strlen(ref.tag) > 128 || strchr(".-", *ref.tag) || strspn(ref.tag,
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != strlen(ref.tag)))
+		errx(1, "%s: invalid tag \"%s\"", arg, ref.tag);
 }
 
-/* --platform, else GOOS/GOARCH as xi/d-utils reads them, else the host's. */
+/* --platform, else GOOS/GOARCH as xi/d-utils reads them, else the host's */
 static void parse_platform(const char *arg)
 {
 	static struct utsname u;
 	char *s = xasprintf("%s", arg ? arg : "");
 
 	if (uname(&u))
-		die("uname:");
+		err(1, "uname");
 	want_arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
 		!strcmp(u.machine, "i686") ? "386" : !strncmp(u.machine, "armv", 4) ? "arm" : u.machine;
 	want_arch = getenv("GOARCH") ? getenv("GOARCH") : want_arch;
@@ -122,16 +117,16 @@ static void parse_platform(const char *arg)
 		want_arch = strsep(&s, "/");
 		want_variant = s ? s : "";
 		if (!want_arch || !*want_os || !*want_arch || strchr(want_variant, '/'))
-			die("--platform %s: want OS/ARCH[/VARIANT]", arg);
+			errx(2, "--platform %s: want OS/ARCH[/VARIANT]", arg);
 	}
 	if (!*want_variant)
 		want_variant = !strcmp(want_arch, "arm") ? "v7" : !strcmp(want_arch, "arm64") ? "v8" : "";
 }
 
-/* What a user can do about an HTTP error. */
+/* what a user can do about an HTTP error */
 static _Noreturn void die_http(long status, const char *what)
 {
-	die("%s/%s: %s: HTTP %ld from %s: %s", ref.registry, ref.repo, what, status, ref.host,
+	errx(1, "%s/%s: %s: HTTP %ld from %s: %s", ref.registry, ref.repo, what, status, ref.host,
 		status == 401 || status == 403 ? "access denied: check the name, or log in (docker login, podman login)" :
 		status == 404 ? "not found: check the name and the tag" :
 		status == 429 ? "too many requests: wait, or log in for a higher rate limit" : "unexpected answer");
@@ -141,10 +136,9 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
 
-	(void)size;
 	if ((t->bytes += n) > MAX_BODY && !t->tmp)
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
-	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, 1, n, t->out) : 0;
+	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
 }
 
 static size_t on_header(char *line, size_t size, size_t n, void *userdata)
@@ -164,13 +158,11 @@ static CURL *new_handle(const char *url)
 	CURL *h = curl_easy_init();
 
 	if (!h)
-		die("curl_easy_init failed");
+		errx(1, "curl_easy_init failed");
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
@@ -191,9 +183,9 @@ static CURL *start(struct transfer *t)
 	free(t->body);
 	t->body = NULL;
 	if (!(t->out = t->tmp ? fopen(t->tmp, "we") : open_memstream(&t->body, &t->len)))
-		die("%s:", t->tmp ? t->tmp : "open_memstream");
+		err(1, "%s", t->tmp ? t->tmp : "open_memstream");
 	if (!(t->md = t->md ? t->md : EVP_MD_CTX_new()) || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
-		die("sha256 failed");
+		errx(1, "sha256 failed");
 	t->bytes = 0;
 	curl_slist_free_all(t->headers);
 	t->headers = t->registry ? curl_slist_append(NULL, accept) : NULL;
@@ -210,43 +202,41 @@ static CURL *start(struct transfer *t)
 
 static void authenticate(const char *challenge);
 
-/* Ends a transfer; 1 when it should start again: connection errors and 5xx after a backoff,
+/* Ends a transfer; 1 when it must start again: connection errors and 5xx after a backoff,
  * and a 401 from the registry with a new token (the first request, or one that expired). */
 static int finish(struct transfer *t, CURL *h, CURLcode rc)
 {
 	unsigned char hash[32];
-	char got[DIGEST_LEN + 1];
+	char got[DIGEST_LEN + 1] = "sha256:";
 	int i;
 
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
 	curl_easy_cleanup(h);
 	if (fclose(t->out))
-		die("%s:", t->tmp ? t->tmp : t->url);
+		err(1, "%s", t->tmp ? t->tmp : t->url);
 	if (++t->tries < MAX_TRIES && (rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
 		rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
 		rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500)))
 		return sleep(1 << t->tries), 1;
 	if (rc != CURLE_OK)
-		die("%s: %s", t->url, curl_easy_strerror(rc));
+		errx(1, "%s: %s", t->url, curl_easy_strerror(rc));
 	if (t->registry && t->status == 401 && t->tries < MAX_TRIES && t->challenge)
 		return authenticate(t->challenge), 1;
 	if (t->registry && t->status != 200)
 		die_http(t->status, strstr(t->url, "/v2/") ? strstr(t->url, "/v2/") + 4 : t->url);
 	if (!EVP_DigestFinal_ex(t->md, hash, NULL))
-		die("sha256 failed");
-	strcpy(got, "sha256:");
+		errx(1, "sha256 failed");
 	for (i = 0; i < 32; i++)
 		sprintf(got + 7 + 2 * i, "%02x", hash[i]);
 	/* an error page, a truncated or corrupted body: nothing of it gets a name in the cache */
 	if (*t->digest && strcmp(got, t->digest))
-		die("%s: digest mismatch: got %s", t->digest, got);
+		errx(1, "%s: digest mismatch: got %s", t->digest, got);
 	strcpy(t->digest, got);
 	if (t->tmp && renameat(AT_FDCWD, t->tmp, cache_fd, t->digest))
-		die("rename %s:", t->tmp);
+		err(1, "rename %s", t->tmp);
 	free(t->tmp);
 	t->tmp = NULL;
-	t->done = 1;
-	return 0;
+	return t->done = 1, 0;
 }
 
 static void get(struct transfer *t)
@@ -270,7 +260,7 @@ static char *registry_get(const char *path, const char *digest, char got[DIGEST_
 	return t.body;
 }
 
-/* A parameter of a WWW-Authenticate challenge, whatever their order. */
+/* a parameter of a WWW-Authenticate challenge, whatever their order */
 static char *challenge_param(const char *challenge, const char *key)
 {
 	size_t n = strlen(key);
@@ -287,7 +277,7 @@ static char *challenge_param(const char *challenge, const char *key)
 static void authenticate(const char *challenge)
 {
 	char *realm = challenge_param(challenge, "realm"), *service = challenge_param(challenge, "service");
-	char *basic = credentials ? xasprintf("Authorization: Basic %s", credentials) : NULL, *scope;
+	char *basic = credentials ? xasprintf("Authorization: Basic %s", credentials) : NULL;
 	struct transfer t = { .auth = basic };
 	const char *token;
 	cJSON *json;
@@ -299,32 +289,29 @@ static void authenticate(const char *challenge)
 		return;
 	}
 	if (strncasecmp(challenge, "Bearer", 6) || !realm)
-		die("%s: unsupported authentication: %s", ref.host, challenge);
-	scope = curl_easy_escape(NULL, xasprintf("repository:%s:pull", ref.repo), 0);
+		errx(1, "%s: unsupported authentication: %s", ref.host, challenge);
 	t.url = xasprintf("%s%cservice=%s&scope=%s", realm, strchr(realm, '?') ? '&' : '?',
-		service ? curl_easy_escape(NULL, service, 0) : "", scope);
+		curl_easy_escape(NULL, service ? service : "", 0),
+		curl_easy_escape(NULL, xasprintf("repository:%s:pull", ref.repo), 0));
 	get(&t);
 	if (t.status != 200)
 		die_http(t.status, credentials ? "token request with the saved credentials" : "token request");
 	json = parse_object(t.body, realm);
 	if (!(token = json_string(json, "token", realm)) && !(token = json_string(json, "access_token", realm)))
-		die("%s: no token in the answer", realm);
+		errx(1, "%s: no token in the answer", realm);
 	auth = xasprintf("Authorization: Bearer %s", token);
 	cJSON_Delete(json);
 }
 
-/* Auth files name a registry "host", "https://host/..." or, for Docker Hub, "https://index.docker.io/v1/". */
+/* Auth files name a registry "host", "https://host/..." or "https://index.docker.io/v1/". */
 static char *find_credentials(const char *file)
 {
 	char *text = read_file_at(AT_FDCWD, file, MAX_BODY, 0), *found = NULL;
+	cJSON *json = text ? parse_object(text, file) : NULL;
 	const cJSON *e;
 	const char *k;
 	size_t n;
-	cJSON *json;
 
-	if (!text)
-		return NULL;
-	json = parse_object(text, file);
 	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(json, "auths")) {
 		k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
 		n = strcspn(k, "/");
@@ -353,19 +340,17 @@ static void load_credentials(void)
 		credentials = find_credentials(xasprintf("%s/.docker/config.json", e));
 }
 
-/* Plain HTTP only for loopback registries, as docker, and the ones named in $D_PULL_INSECURE. */
+/* Plain HTTP only for loopback registries, as docker, and the ones listed in $D_PULL_INSECURE. */
 static int is_insecure(const char *host)
 {
 	const char *list = getenv("D_PULL_INSECURE"), *p;
 	size_t n = strlen(host);
 
-	if (!strncmp(host, "127.", 4) || !strncmp(host, "[::1]", 5) ||
-	    (!strncmp(host, "localhost", 9) && (!host[9] || host[9] == ':')))
-		return 1;
 	for (p = list; p && (p = strstr(p, host)); p += n)
 		if ((p == list || p[-1] == ',') && (!p[n] || p[n] == ','))
 			return 1;
-	return 0;
+	return !strncmp(host, "127.", 4) || !strncmp(host, "[::1]", 5) || !strcmp(host, "localhost") ||
+		!strncmp(host, "localhost:", 10);
 }
 
 /* Pings /v2/ as docker does, to choose the scheme and answer any challenge up front. */
@@ -395,7 +380,7 @@ static const char *platform_name(const cJSON *p)
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "", variant ? variant : "");
 }
 
-/* The wanted platform's manifest in an index; attestations are "unknown/unknown". */
+/* the wanted platform's manifest in an index; attestations say "unknown/unknown" */
 static const char *select_platform(const cJSON *index)
 {
 	const cJSON *m, *p;
@@ -410,61 +395,63 @@ static const char *select_platform(const cJSON *index)
 		digest = json_string(m, "digest", "index");
 		if (!os || !arch || !strcmp(os, "unknown"))
 			continue;
-		if (!variant)
-			variant = strcmp(arch, "arm64") ? "" : "v8";
+		variant = variant ? variant : strcmp(arch, "arm64") ? "" : "v8";
 		if (!strcmp(want_os, os) && !strcmp(want_arch, arch) && (!*want_variant || !strcmp(want_variant, variant))) {
-			if (!digest || !valid_digest(digest))
-				die("%s/%s: index: invalid digest for %s", ref.registry, ref.repo, platform_name(p));
+			if (!valid_digest(digest))
+				errx(1, "%s/%s: index: invalid digest for %s", ref.registry, ref.repo, platform_name(p));
 			return digest;
 		}
 		available = xasprintf("%s %s", available, platform_name(p));
 	}
-	die("%s/%s: no image for %s/%s%s%s; available:%s", ref.registry, ref.repo, want_os, want_arch,
+	errx(1, "%s/%s: no image for %s/%s%s%s; available:%s", ref.registry, ref.repo, want_os, want_arch,
 		*want_variant ? "/" : "", want_variant, *available ? available : " none");
+}
+
+static void write_file(const char *path, int flags, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC | flags, 0644);
+
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || close(fd))
+		err(1, "%s", path);
 }
 
 /* config.json is the image's config object, less what would grant the image host access. */
 static void write_config(const char *text, const char *what, char **platform)
 {
 	cJSON *json = parse_object(text, what), *config, *volumes, *v, *next;
-	char *path = xasprintf("%s/config.json", out_dir), *out;
-	FILE *f;
 
 	config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
 	if (!cJSON_IsObject(config))
 		cJSON_Delete(config), config = cJSON_CreateObject();
 	if (cJSON_GetObjectItemCaseSensitive(config, "net") || cJSON_GetObjectItemCaseSensitive(config, "rw"))
-		warn("%s: image config sets \"net\" or \"rw\": dropped, only the user can grant them", what);
+		warnx("%s: image config sets \"net\" or \"rw\": dropped, only the user can grant them", what);
 	cJSON_DeleteItemFromObjectCaseSensitive(config, "net");
 	cJSON_DeleteItemFromObjectCaseSensitive(config, "rw");
 	volumes = cJSON_GetObjectItemCaseSensitive(config, "Volumes");
 	for (v = cJSON_IsObject(volumes) ? volumes->child : NULL; v; v = next) {
 		next = v->next;
 		if (v->string[0] != '/' || strchr(v->string, ':')) {
-			warn("%s: image volume \"%s\" dropped: only the user can bind host paths", what, v->string);
+			warnx("%s: image volume \"%s\" dropped: only the user can bind host paths", what, v->string);
 			cJSON_Delete(cJSON_DetachItemViaPointer(volumes, v));
 		}
 	}
 	*platform = xasprintf("%s", platform_name(json));
-	if (!(out = cJSON_Print(config)) || !(f = fopen(path, "wxe")) || fprintf(f, "%s\n", out) < 0 || fclose(f))
-		die("%s:", path);
-	cJSON_Delete(config);
-	cJSON_Delete(json);
+	write_file(xasprintf("%s/config.json", out_dir), O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
 }
 
 static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
 	(void)st, (void)type, (void)ftw;
 	if (remove(path) && errno != ENOENT)
-		die("remove %s:", path);
+		err(1, "remove %s", path);
 	return 0;
 }
 
-/* rm -rf, never following a symlink */
+/* rm -rf, never following a symlink; a whiteout below a file is a no-op */
 static void remove_tree(const char *path)
 {
 	if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT && errno != ENOTDIR)
-		die("remove %s:", path);
+		err(1, "remove %s", path);
 }
 
 static int compare(const void *a, const void *b)
@@ -472,15 +459,15 @@ static int compare(const void *a, const void *b)
 	return strcmp(a, b);
 }
 
-/* Opaque whiteout: hide all that lower layers put below dir, keep what this layer wrote. */
+/* Opaque whiteout: hide what lower layers put below dir, keep what this layer wrote. */
 static void clear_lower(const char *dir, void **written)
 {
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	char *path;
 
-	if (!d && errno != ENOENT)
-		die("opendir %s:", dir);
+	if (!d && errno != ENOENT && errno != ENOTDIR)
+		err(1, "opendir %s", dir);
 	while (d && (de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
@@ -533,20 +520,20 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 		return apply_whiteout(name, base, written), free(name);
 	if (type == AE_IFCHR || type == AE_IFBLK) {
 		if (!warned++)
-			warn("%s: skipping device nodes such as %s", digest, name);
+			warnx("%s: skipping device nodes such as %s", digest, name);
 		return free(name);
 	}
 	if (!*name && type != AE_IFDIR)
-		die("%s: the root entry is not a directory", digest);
+		errx(1, "%s: the root entry is not a directory", digest);
 	/* unprivileged, the user must stay able to write and remove every directory */
 	archive_entry_set_perm(e, perm | (type == AE_IFDIR && rootless ? 0700 : 0));
 	if (*name && !lstat(name, &st) && !(S_ISDIR(st.st_mode) && type == AE_IFDIR))
 		remove_tree(name);
 	archive_entry_set_pathname(e, *name ? name : ".");
 	if ((r = archive_read_extract2(in, e, out)) < ARCHIVE_WARN)
-		die("%s: %s: %s", digest, name, archive_error_string(out));
+		errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
 	if (r == ARCHIVE_WARN)
-		warn("%s: %s: %s", digest, name, archive_error_string(out));
+		warnx("%s: %s: %s", digest, name, archive_error_string(out));
 	if (*(char **)tsearch(name, written, compare) != name)
 		free(name);
 }
@@ -559,30 +546,22 @@ static void extract_layer(const char *digest)
 	void *written = NULL; /* the names this layer wrote, which its whiteouts spare */
 
 	if (fd < 0)
-		die("%s:", digest);
+		err(1, "%s", digest);
 	archive_read_support_filter_all(in);
 	archive_read_support_format_tar(in);
 	archive_read_support_format_empty(in);
 	archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
 		(rootless ? 0 : ARCHIVE_EXTRACT_OWNER));
 	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK)
-		die("%s: %s", digest, archive_error_string(in));
+		errx(1, "%s: %s", digest, archive_error_string(in));
 	while ((r = archive_read_next_header(in, &e)) == ARCHIVE_OK)
 		extract_entry(in, out, e, digest, &written);
 	if (r != ARCHIVE_EOF || archive_write_close(out) != ARCHIVE_OK)
-		die("%s: %s", digest, archive_error_string(r != ARCHIVE_EOF ? in : out));
+		errx(1, "%s: %s", digest, archive_error_string(r != ARCHIVE_EOF ? in : out));
 	archive_read_free(in);
 	archive_write_free(out);
 	tdestroy(written, free);
 	close(fd);
-}
-
-static void write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-
-	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || close(fd))
-		die("%s:", path);
 }
 
 /* The child unpacks layer i once the parent writes its i-th byte, so unpacking overlaps
@@ -595,37 +574,37 @@ static int start_extractor(const char *rootfs)
 	char c;
 
 	if (pipe2(p, O_CLOEXEC) || (extractor = fork()) < 0)
-		die("fork:");
+		err(1, "fork");
 	if (extractor)
 		return close(p[0]), p[1];
-	die_hook = NULL;
+	close(p[1]);
+	if (rootless && unshare(CLONE_NEWUSER))
+		err(1, "unshare a user namespace");
 	if (rootless) {
-		if (unshare(CLONE_NEWUSER))
-			die("unshare a user namespace:");
-		write_file("/proc/self/setgroups", "deny");
-		write_file("/proc/self/uid_map", xasprintf("0 %u 1", uid));
-		write_file("/proc/self/gid_map", xasprintf("0 %u 1", gid));
+		write_file("/proc/self/setgroups", 0, "deny");
+		write_file("/proc/self/uid_map", 0, xasprintf("0 %u 1", uid));
+		write_file("/proc/self/gid_map", 0, xasprintf("0 %u 1", gid));
 	}
 	if (chroot(rootfs) || chdir("/"))
-		die("chroot %s:", rootfs);
+		err(1, "chroot %s", rootfs);
 	for (i = 0; i < nlayers && read(p[0], &c, 1) == 1; i++)
 		extract_layer(layers[i].digest);
 	_exit(i == nlayers ? 0 : 1);
 }
 
-static void show_progress(int unpacked, time_t start)
+static void show_progress(int unpacked, time_t begin)
 {
 	curl_off_t bytes = 0;
 	int i;
 
 	for (i = 0; i < nlayers; i++)
 		bytes += layers[i].bytes;
-	fprintf(stderr, "\r\033[K%s: %d of %d layers unpacked, %.1f MB downloaded, %.1f MB/s", progname, unpacked,
-		nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - start + 1));
+	fprintf(stderr, "\r\033[K%s: %d of %d layers unpacked, %.1f MB downloaded, %.1f MB/s", program_invocation_short_name,
+		unpacked, nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - begin + 1));
 }
 
-/* Downloads the missing layers, a few at once, and hands each to the extractor as soon as it and
- * all below it are in the cache; stops early if the extractor fails. */
+/* Downloads the missing layers, a few at once, and hands each to the extractor as soon as it
+ * and all below it are in the cache; stops early if the extractor fails. */
 static void fetch_layers(int notify)
 {
 	CURLM *multi = curl_multi_init();
@@ -639,18 +618,17 @@ static void fetch_layers(int notify)
 		t = &layers[i];
 		/* touched on use: the cache keeps what was used in the last 30 days */
 		if (!(t->done = !utimensat(cache_fd, t->digest, NULL, 0)) && errno != ENOENT)
-			die("%s/%s:", cache_path, t->digest);
-		if (t->done)
-			continue;
-		t->tmp = xasprintf("%s/%s.XXXXXX", cache_path, t->digest);
-		if ((fd = mkostemp(t->tmp, O_CLOEXEC)) < 0 || close(fd))
-			die("%s:", t->tmp);
-		curl_multi_add_handle(multi, start(t));
+			err(1, "%s/%s", cache_path, t->digest);
+		t->tmp = t->done ? NULL : xasprintf("%s/%s.XXXXXX", cache_path, t->digest);
+		if (t->tmp && ((fd = mkostemp(t->tmp, O_CLOEXEC)) < 0 || close(fd)))
+			err(1, "%s", t->tmp);
+		if (t->tmp)
+			curl_multi_add_handle(multi, start(t));
 	}
 	while (next < nlayers && !waitpid(extractor, &status, WNOHANG)) {
 		for (; next < nlayers && layers[next].done && write(notify, "", 1) == 1; next++)
 			if (!quiet && !tty)
-				warn("%s: unpacking", layers[next].digest);
+				warnx("%s: unpacking", layers[next].digest);
 		curl_multi_perform(multi, &running);
 		while ((msg = curl_multi_info_read(multi, &left))) {
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
@@ -666,7 +644,6 @@ static void fetch_layers(int notify)
 	if (tty)
 		fputc('\n', stderr);
 	close(notify);
-	curl_multi_cleanup(multi);
 }
 
 static void open_cache(void)
@@ -678,12 +655,12 @@ static void open_cache(void)
 	for (p = cache_path; (p = strchr(p + 1, '/'));) {
 		*p = '\0';
 		if (mkdir(cache_path, 0755) && errno != EEXIST)
-			die("mkdir %s:", cache_path);
+			err(1, "mkdir %s", cache_path);
 		*p = '/';
 	}
 	if ((mkdir(cache_path, 0755) && errno != EEXIST) ||
 	    (cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-		die("%s:", cache_path);
+		err(1, "%s", cache_path);
 }
 
 /* Removes what was not used for 30 days; a failure only warns, as the pull itself succeeded. */
@@ -697,70 +674,64 @@ static void prune_cache(void)
 	while (d && (de = readdir(d)))
 		if (!fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode) &&
 		    st.st_mtime < limit && unlinkat(cache_fd, de->d_name, 0))
-			warn("prune %s/%s:", cache_path, de->d_name);
+			warn("prune %s/%s", cache_path, de->d_name);
 	if (d)
 		closedir(d);
 }
 
-/* On any error: stop the extractor, remove temporary files and the half-written DIR. */
+/* At exit before the end: stop the extractor, remove temporary files and the partial DIR. */
 static void cleanup(void)
 {
 	int i;
 
+	if (done || getpid() != parent)
+		return;
 	if (extractor > 0 && !kill(extractor, SIGKILL))
 		waitpid(extractor, NULL, 0);
 	for (i = 0; i < nlayers; i++)
 		if (layers[i].tmp)
 			unlink(layers[i].tmp);
-	if (out_created)
-		remove_tree(out_dir);
+	remove_tree(out_dir);
 }
 
 static void pull(void)
 {
-	char digest[DIGEST_LEN + 1], *platform, *text, *rootfs = xasprintf("%s/rootfs", out_dir);
+	char digest[DIGEST_LEN + 1], *platform, *rootfs = xasprintf("%s/rootfs", out_dir);
 	const char *reference = ref.digest ? ref.digest : ref.tag, *config;
 	const cJSON *layer, *list;
 	cJSON *manifest;
 	int status;
-	FILE *f;
 
 	connect_registry();
 	/* the digest of the bytes as served: manifests are not always canonical JSON */
 	manifest = parse_object(registry_get(xasprintf("manifests/%s", reference), ref.digest, digest), reference);
 	if (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(manifest, "manifests"))) {
-		reference = xasprintf("%s", select_platform(manifest));
-		cJSON_Delete(manifest);
+		reference = select_platform(manifest);
 		manifest = parse_object(registry_get(xasprintf("manifests/%s", reference), reference, NULL), reference);
 	}
 	config = json_string(cJSON_GetObjectItemCaseSensitive(manifest, "config"), "digest", "manifest");
 	list = cJSON_GetObjectItemCaseSensitive(manifest, "layers");
-	if (!config || !valid_digest(config) || !cJSON_IsArray(list))
-		die("%s/%s: unsupported manifest (schema 1?): no config digest or layers", ref.registry, ref.repo);
+	if (!valid_digest(config) || !cJSON_IsArray(list))
+		errx(1, "%s/%s: unsupported manifest (schema 1?): no config digest or layers", ref.registry, ref.repo);
 	layers = xrealloc(NULL, cJSON_GetArraySize(list) * sizeof(*layers));
 	cJSON_ArrayForEach(layer, list) {
-		reference = json_string(layer, "digest", "manifest");
-		if (!reference || !valid_digest(reference))
-			die("%s/%s: manifest: invalid layer digest", ref.registry, ref.repo);
+		if (!valid_digest(reference = json_string(layer, "digest", "manifest")))
+			errx(1, "%s/%s: manifest: invalid layer digest", ref.registry, ref.repo);
 		layers[nlayers] = (struct transfer){ .url = xasprintf("%s/blobs/%s", base_url, reference), .registry = 1 };
 		strcpy(layers[nlayers++].digest, reference);
 	}
 	if (!quiet)
-		warn("pulling %s/%s%s%s@%s into %s", ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "",
+		warnx("pulling %s/%s%s%s@%s into %s", ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "",
 			digest, out_dir);
 	if (mkdir(rootfs, 0755))
-		die("mkdir %s:", rootfs);
+		err(1, "mkdir %s", rootfs);
 	fetch_layers(start_extractor(rootfs));
 	if (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
-		die("%s: unpacking failed", rootfs);
+		errx(1, "%s: unpacking failed", rootfs);
 	extractor = 0;
-	text = registry_get(xasprintf("blobs/%s", config), config, NULL);
-	write_config(text, config, &platform);
-	text = xasprintf("%s/image.txt", out_dir);
-	if (!(f = fopen(text, "wxe")) || fprintf(f, "%s/%s%s%s@%s\n%s\n", ref.registry, ref.repo,
-		ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest, platform) < 0 || fclose(f))
-		die("%s:", text);
-	cJSON_Delete(manifest);
+	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, &platform);
+	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL, xasprintf("%s/%s%s%s@%s\n%s\n",
+		ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest, platform));
 }
 
 int main(int argc, char **argv)
@@ -772,7 +743,6 @@ int main(int argc, char **argv)
 	const char *platform = NULL;
 	int c;
 
-	progname = "d-pull";
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
 		if (c == 'h' || c == '?')
 			usage(c == 'h' ? 0 : 2);
@@ -788,16 +758,17 @@ int main(int argc, char **argv)
 	rootless = getuid() != 0;
 	signal(SIGPIPE, SIG_IGN);
 	if (mkdir(out_dir, 0755))
-		die("%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
-	out_created = 1;
-	die_hook = cleanup;
+		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
+	parent = getpid();
+	atexit(cleanup);
 	open_cache();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT))
-		die("curl_global_init failed");
+		errx(1, "curl_global_init failed");
 	load_credentials();
 	pull();
 	prune_cache();
+	done = 1;
 	if (!quiet)
-		warn("pulled into %s", out_dir);
+		warnx("pulled into %s", out_dir);
 	return 0;
 }

@@ -48,7 +48,7 @@ static void add_env(const char *entry)
 	if (*value == '=')
 		*value++ = '\0';
 	if (!*key)
-		die("environment entry \"%s\": empty name", entry);
+		errx(1, "environment entry \"%s\": empty name", entry);
 	if (!strcmp(key, "PATH"))
 		path_env = value;
 	add(3, "--setenv", key, value);
@@ -61,7 +61,7 @@ static char *fd_path(int fd)
 
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	if ((n = readlink(link, path, PATH_MAX - 1)) < 0)
-		die("%s:", link);
+		err(1, "%s", link);
 	path[n] = '\0';
 	return path;
 }
@@ -88,7 +88,7 @@ static const char *mount_point(int root, const char *path, int file)
 			fd = open_at(root, p, O_PATH, IN_ROOT);
 		}
 		if (fd < 0)
-			die("%s: %s:", fd_path(root), p);
+			err(1, "%s: %s", fd_path(root), p);
 		close(parent);
 		*end = c;
 	}
@@ -118,7 +118,7 @@ static const char *parse_id(const char *s, const char *what)
 
 	errno = 0;
 	if (strtoul(s, &end, 10) >= 0xffffffffUL || errno || !*s || *end)
-		die("%s: no such %s in %s/rootfs/etc/%s", s, what, dir, *what == 'u' ? "passwd" : "group");
+		errx(1, "%s: no such %s in %s/rootfs/etc/%s", s, what, dir, *what == 'u' ? "passwd" : "group");
 	return s;
 }
 
@@ -154,9 +154,9 @@ static void add_volume(const char *spec)
 		host = xasprintf("%s%s", dir, mount_point(dir_fd, xasprintf("volumes/%s", dest), 0));
 	}
 	if (*dest != '/' || !*host || (mode && strcmp(mode, "ro") && strcmp(mode, "rw")))
-		die("volume %s: want /path, host:/path, host:/path:ro or host:/path:rw", spec);
+		errx(1, "volume %s: want /path, host:/path, host:/path:ro or host:/path:rw", spec);
 	if (!(real = realpath(host, NULL)) || stat(real, &st))
-		die("volume %s: %s:", spec, host);
+		err(1, "volume %s: %s", spec, host);
 	add(3, !strncmp(real, "/dev/", 5) ? "--dev-bind" : mode && !strcmp(mode, "ro") ? "--ro-bind" : "--bind",
 		real, mount_point(root_fd, dest, !S_ISDIR(st.st_mode)));
 	volumes++;
@@ -167,7 +167,7 @@ static const cJSON *member(const cJSON *config, const char *key, int (*is_type)(
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(config, key);
 
 	if (item && !cJSON_IsNull(item) && !is_type(item))
-		die("%s/config.json: \"%s\" is not %s", dir, key, type);
+		errx(1, "%s/config.json: \"%s\" is not %s", dir, key, type);
 	return item;
 }
 
@@ -177,7 +177,7 @@ static void add_strings(const cJSON *config, const char *key, void (*add_one)(co
 
 	cJSON_ArrayForEach(s, member(config, key, cJSON_IsArray, "a list of strings")) {
 		if (!cJSON_IsString(s))
-			die("%s/config.json: \"%s\" is not a list of strings", dir, key);
+			errx(1, "%s/config.json: \"%s\" is not a list of strings", dir, key);
 		add_one(s->valuestring);
 	}
 }
@@ -207,7 +207,7 @@ static void check_command(const char *cmd, const char *workdir)
 			return;
 	if (errno == ENOENT && volumes)
 		return;
-	warn("%s: %s", cmd, errno == ENOENT ? "command not found" : "permission denied");
+	warnx("%s: %s", cmd, errno == ENOENT ? "command not found" : "permission denied");
 	exit(errno == ENOENT ? 127 : 126);
 }
 
@@ -238,7 +238,7 @@ static void set_personality(void)
 	platform = text && strchr(text, '\n') ? strchr(text, '\n') + 1 : "";
 	if ((!strncmp(platform, "linux/386\n", 10) || !strncmp(platform, "linux/arm/", 10)) &&
 	    personality(PER_LINUX32) < 0)
-		die("personality:");
+		err(1, "personality");
 }
 
 int main(int argc, char **argv)
@@ -255,7 +255,7 @@ int main(int argc, char **argv)
 	cJSON *config;
 	char *text;
 
-	progname = "d-run";
+	
 	while ((c = getopt_long(argc, argv, "+hv:e:u:nwr", options, NULL)) != -1)
 		switch (c) {
 		case 'h': usage(0); break;
@@ -272,12 +272,12 @@ int main(int argc, char **argv)
 		usage(2);
 	dir = argv[optind++];
 	if ((dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 || !(dir = realpath(dir, NULL)))
-		die("%s:", argv[optind - 1]);
+		err(1, "%s", argv[optind - 1]);
 	if ((root_fd = openat(dir_fd, "rootfs", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
-		die("%s/rootfs:", dir);
+		err(1, "%s/rootfs", dir);
 	errno = ENOENT;
 	if (!(text = read_file_at(dir_fd, "config.json", MAX_FILE, 0)))
-		die("%s/config.json:", dir);
+		err(1, "%s/config.json", dir);
 	config = parse_object(text, xasprintf("%s/config.json", dir));
 	net |= cJSON_IsTrue(member(config, "net", cJSON_IsBool, "true or false"));
 	rw |= cJSON_IsTrue(member(config, "rw", cJSON_IsBool, "true or false"));
@@ -322,7 +322,7 @@ int main(int argc, char **argv)
 	else
 		add_strings(config, "Cmd", add_word);
 	if (command == nargs)
-		die("%s: no command: config.json has no Entrypoint or Cmd, so name one", dir);
+		errx(1, "%s: no command: config.json has no Entrypoint or Cmd, so name one", dir);
 	check_command(args[command], workdir);
 	set_personality();
 	if (debug)
@@ -330,5 +330,5 @@ int main(int argc, char **argv)
 	/* nothing of ours, nor anything our caller leaked to us, reaches the sandbox */
 	close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
 	execvp(args[0], (char **)args);
-	die("exec %s:", args[0]);
+	err(1, "exec %s", args[0]);
 }
