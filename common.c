@@ -18,7 +18,6 @@ char *xasprintf(const char *fmt, ...)
 	va_list ap;
 	char *s;
 	int r;
-
 	va_start(ap, fmt);
 	r = vasprintf(&s, fmt, ap);
 	va_end(ap);
@@ -30,7 +29,6 @@ char *xasprintf(const char *fmt, ...)
 int open_at(int dirfd, const char *path, int flags, unsigned long long resolve)
 {
 	struct open_how how = { .flags = flags | O_CLOEXEC, .resolve = resolve };
-
 	return syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
 }
 
@@ -39,7 +37,6 @@ char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long r
 	int fd = open_at(dirfd, path, O_RDONLY, resolve);
 	char *buf = xrealloc(NULL, max + 1);
 	ssize_t n, len = 0;
-
 	if (fd < 0 && errno == ENOENT)
 		return free(buf), NULL;
 	while (fd >= 0 && (n = read(fd, buf + len, max + 1 - len)) > 0)
@@ -55,7 +52,6 @@ char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long r
 cJSON *parse_object(const char *text, const char *what)
 {
 	cJSON *json = cJSON_Parse(text);
-
 	if (!cJSON_IsObject(json))
 		errx(1, "%s: not a JSON object", what);
 	return json;
@@ -64,7 +60,6 @@ cJSON *parse_object(const char *text, const char *what)
 const char *json_string(const cJSON *obj, const char *key, const char *what)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
-
 	if (item && !cJSON_IsNull(item) && !cJSON_IsString(item))
 		errx(1, "%s: \"%s\" is not a string", what, key);
 	return cJSON_IsString(item) ? item->valuestring : NULL;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* d-pull: fetch an image from a Docker/OCI registry into DIR/rootfs and DIR/config.json.
- * Blobs stream into a content-addressed cache and are named by their digest once verified.
+ * Blobs stream into a content-addressed cache and get their digest as name once verified.
  * Layers are unpacked by a child chrooted into the rootfs (in a user namespace when
  * unprivileged), so no name, link or whiteout in a layer can reach the host. */
 #define _GNU_SOURCE
@@ -10,25 +10,25 @@
 #include <dirent.h>
 #include <ftw.h>
 #include <openssl/evp.h>
+#include <regex.h>
 #include <sched.h>
 #include <search.h>
 #include <signal.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
-
 #include "common.h"
 
 #define MAX_BODY (4 << 20) /* manifests, configs, tokens */
 #define MAX_TRIES 4
 #define DIGEST_LEN 71 /* "sha256:" and 64 hex digits */
 
-/* One GET, into memory or, for a layer, into a temporary file in the cache. */
+/* One GET, into memory or, for a layer, into an unnamed file in the cache. */
 struct transfer {
 	char *url, digest[DIGEST_LEN + 1]; /* what the body must hash to; filled in if empty */
 	const char *auth;                  /* for a request that is not the registry's */
-	int registry, tries, done;         /* registry: Accept manifests, renew the token on a 401 */
-	char *body, *tmp, *challenge;
+	int registry, layer, tries, done;  /* registry: Accept manifests, renew the token on a 401 */
+	char *body, *challenge;
 	size_t len;
 	FILE *out;
 	curl_off_t bytes;
@@ -38,7 +38,7 @@ struct transfer {
 };
 
 static struct { char *registry, *host, *repo, *tag, *digest; } ref;
-static const char *want_os, *want_arch, *want_variant = "", *out_dir;
+static const char *want, *out_dir;
 static char *base_url, *auth, *credentials, *cache_path;
 static int cache_fd, quiet, rootless, nlayers, done;
 static struct transfer *layers;
@@ -56,26 +56,20 @@ static int valid_digest(const char *d)
 	return d && strlen(d) == DIGEST_LEN && !strncmp(d, "sha256:", 7) && strspn(d + 7, "0123456789abcdef") == 64;
 }
 
-/* distribution's grammar: lowercase components, separators only between alphanumerics */
-static int valid_repo(const char *r)
-{
-	const char *c;
-
-	for (c = r; *c; c++)
-		if (!strchr("abcdefghijklmnopqrstuvwxyz0123456789._-/", *c) ||
-		    ((c == r || c[-1] == '/' || c[1] == '/' || !c[1]) && strchr("._-/", *c)))
-			return 0;
-	return *r;
-}
+/* distribution's reference grammar, the tag and digest included */
+static const char name_grammar[] = "^(([A-Za-z0-9.-]+(:[0-9]+)?|\\[[0-9a-fA-F:]+\\](:[0-9]+)?)/)?"
+	"[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+	"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$";
 
 static void parse_ref(const char *arg)
 {
 	char *s = xasprintf("%s", arg), *p, *slash = strchr(s, '/');
+	regex_t re;
 
-	if ((p = strchr(s, '@')) && !valid_digest(ref.digest = p + 1))
-		errx(1, "%s: invalid digest: want sha256: and 64 lowercase hex digits", arg);
-	if (p)
-		*p = '\0';
+	if (regcomp(&re, name_grammar, REG_EXTENDED | REG_NOSUB) || regexec(&re, arg, 0, NULL, 0))
+		errx(1, "%s: invalid image name: want [registry/]name[:tag][@sha256:digest], name in lowercase", arg);
+	if ((p = strchr(s, '@')))
+		*p = '\0', ref.digest = p + 1;
 	ref.registry = "docker.io";
 	/* as docker: the first component names a registry only if it looks like a host */
 	if (slash && (memchr(s, '.', slash - s) || memchr(s, ':', slash - s) || !strncmp(s, "localhost/", 10))) {
@@ -90,37 +84,23 @@ static void parse_ref(const char *arg)
 		ref.registry = "docker.io";
 	ref.host = strcmp(ref.registry, "docker.io") ? ref.registry : "registry-1.docker.io";
 	ref.repo = strcmp(ref.registry, "docker.io") || strchr(s, '/') ? s : xasprintf("library/%s", s);
-	if (!*ref.registry || strspn(ref.registry, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-		"0123456789.-:[]") != strlen(ref.registry))
-		errx(1, "%s: invalid registry \"%s\"", arg, ref.registry);
-	if (!valid_repo(ref.repo))
-		errx(1, "%s: invalid repository \"%s\": want lowercase letters, digits and . _ - /", arg, ref.repo);
-	if (ref.tag && (!*ref.tag || strlen(ref.tag) > 128 || strchr(".-", *ref.tag) || strspn(ref.tag,
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != strlen(ref.tag)))
-		errx(1, "%s: invalid tag \"%s\"", arg, ref.tag);
 }
 
 /* --platform, else GOOS/GOARCH as xi/d-utils reads them, else the host's */
 static void parse_platform(const char *arg)
 {
 	static struct utsname u;
-	char *s = xasprintf("%s", arg ? arg : "");
-
+	const char *arch;
+	regex_t re;
 	if (uname(&u))
 		err(1, "uname");
-	want_arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
+	arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
 		!strcmp(u.machine, "i686") ? "386" : !strncmp(u.machine, "armv", 4) ? "arm" : u.machine;
-	want_arch = getenv("GOARCH") ? getenv("GOARCH") : want_arch;
-	want_os = getenv("GOOS") ? getenv("GOOS") : "linux";
-	if (arg) {
-		want_os = strsep(&s, "/");
-		want_arch = strsep(&s, "/");
-		want_variant = s ? s : "";
-		if (!want_arch || !*want_os || !*want_arch || strchr(want_variant, '/'))
-			errx(2, "--platform %s: want OS/ARCH[/VARIANT]", arg);
-	}
-	if (!*want_variant)
-		want_variant = !strcmp(want_arch, "arm") ? "v7" : !strcmp(want_arch, "arm64") ? "v8" : "";
+	arch = getenv("GOARCH") ? getenv("GOARCH") : arch;
+	want = arg ? arg : xasprintf("%s/%s%s", getenv("GOOS") ? getenv("GOOS") : "linux", arch,
+		strcmp(arch, "arm") ? "" : "/v7");
+	if (regcomp(&re, "^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$", REG_EXTENDED | REG_NOSUB) || regexec(&re, want, 0, NULL, 0))
+		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
 
 /* what a user can do about an HTTP error */
@@ -135,8 +115,7 @@ static _Noreturn void die_http(long status, const char *what)
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
-
-	if ((t->bytes += n) > MAX_BODY && !t->tmp)
+	if ((t->bytes += n) > MAX_BODY && !t->layer)
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
 	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
 }
@@ -144,7 +123,6 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 static size_t on_header(char *line, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
-
 	if (n > 18 && !strncasecmp(line, "WWW-Authenticate: ", 18)) {
 		free(t->challenge);
 		t->challenge = strndup(line + 18, strcspn(line + 18, "\r\n"));
@@ -152,14 +130,31 @@ static size_t on_header(char *line, size_t size, size_t n, void *userdata)
 	return size * n;
 }
 
-static CURL *new_handle(const char *url)
+/* (Re)starts a transfer from scratch. A layer goes to an O_TMPFILE file: a pull killed at
+ * any moment leaves nothing in the cache. */
+static CURL *start(struct transfer *t)
 {
-	const char *ca = getenv("CURL_CA_BUNDLE") ? getenv("CURL_CA_BUNDLE") : getenv("SSL_CERT_FILE");
+	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
+		"application/vnd.docker.distribution.manifest.list.v2+json, "
+		"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+	const char *a = t->registry ? auth : t->auth, *ca = getenv("CURL_CA_BUNDLE") ? getenv("CURL_CA_BUNDLE") :
+		getenv("SSL_CERT_FILE");
 	CURL *h = curl_easy_init();
-
+	int fd = t->layer ? open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644) : -1;
+	free(t->body);
+	t->body = NULL;
+	if (!(t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len)))
+		err(1, "%s", t->layer ? cache_path : "open_memstream");
+	if (!(t->md = t->md ? t->md : EVP_MD_CTX_new()) || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
+		errx(1, "sha256 failed");
+	t->bytes = 0;
+	curl_slist_free_all(t->headers);
+	t->headers = t->registry ? curl_slist_append(NULL, accept) : NULL;
+	if (a)
+		t->headers = curl_slist_append(t->headers, a);
 	if (!h)
 		errx(1, "curl_easy_init failed");
-	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_URL, t->url);
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -168,29 +163,6 @@ static CURL *new_handle(const char *url)
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
 	if (ca)
 		curl_easy_setopt(h, CURLOPT_CAINFO, ca);
-	return h;
-}
-
-/* (Re)starts a transfer from scratch. */
-static CURL *start(struct transfer *t)
-{
-	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
-		"application/vnd.docker.distribution.manifest.list.v2+json, "
-		"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-	const char *a = t->registry ? auth : t->auth;
-	CURL *h = new_handle(t->url);
-
-	free(t->body);
-	t->body = NULL;
-	if (!(t->out = t->tmp ? fopen(t->tmp, "we") : open_memstream(&t->body, &t->len)))
-		err(1, "%s", t->tmp ? t->tmp : "open_memstream");
-	if (!(t->md = t->md ? t->md : EVP_MD_CTX_new()) || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
-		errx(1, "sha256 failed");
-	t->bytes = 0;
-	curl_slist_free_all(t->headers);
-	t->headers = t->registry ? curl_slist_append(NULL, accept) : NULL;
-	if (a)
-		t->headers = curl_slist_append(t->headers, a);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, t);
@@ -202,47 +174,51 @@ static CURL *start(struct transfer *t)
 
 static void authenticate(const char *challenge);
 
+/* A layer's verified body gets its name in the cache; one there already is the same. */
+static void name_layer(struct transfer *t)
+{
+	char proc[32];
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fileno(t->out));
+	if (fflush(t->out) || (linkat(AT_FDCWD, proc, cache_fd, t->digest, AT_SYMLINK_FOLLOW) && errno != EEXIST))
+		err(1, "%s/%s", cache_path, t->digest);
+}
+
 /* Ends a transfer; 1 when it must start again: connection errors and 5xx after a backoff,
  * and a 401 from the registry with a new token (the first request, or one that expired). */
 static int finish(struct transfer *t, CURL *h, CURLcode rc)
 {
-	unsigned char hash[32];
 	char got[DIGEST_LEN + 1] = "sha256:";
-	int i;
-
+	unsigned char hash[32];
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
 	curl_easy_cleanup(h);
-	if (fclose(t->out))
-		err(1, "%s", t->tmp ? t->tmp : t->url);
 	if (++t->tries < MAX_TRIES && (rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
 		rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
 		rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500)))
-		return sleep(1 << t->tries), 1;
+		return fclose(t->out), sleep(1 << t->tries), 1;
 	if (rc != CURLE_OK)
 		errx(1, "%s: %s", t->url, curl_easy_strerror(rc));
 	if (t->registry && t->status == 401 && t->tries < MAX_TRIES && t->challenge)
-		return authenticate(t->challenge), 1;
+		return fclose(t->out), authenticate(t->challenge), 1;
 	if (t->registry && t->status != 200)
 		die_http(t->status, strstr(t->url, "/v2/") ? strstr(t->url, "/v2/") + 4 : t->url);
 	if (!EVP_DigestFinal_ex(t->md, hash, NULL))
 		errx(1, "sha256 failed");
-	for (i = 0; i < 32; i++)
+	for (int i = 0; i < 32; i++)
 		sprintf(got + 7 + 2 * i, "%02x", hash[i]);
 	/* an error page, a truncated or corrupted body: nothing of it gets a name in the cache */
 	if (*t->digest && strcmp(got, t->digest))
 		errx(1, "%s: digest mismatch: got %s", t->digest, got);
 	strcpy(t->digest, got);
-	if (t->tmp && renameat(AT_FDCWD, t->tmp, cache_fd, t->digest))
-		err(1, "rename %s", t->tmp);
-	free(t->tmp);
-	t->tmp = NULL;
+	if (t->layer)
+		name_layer(t);
+	if (fclose(t->out))
+		err(1, "%s", t->url);
 	return t->done = 1, 0;
 }
 
 static void get(struct transfer *t)
 {
 	CURL *h;
-
 	do
 		h = start(t);
 	while (finish(t, h, curl_easy_perform(h)));
@@ -252,7 +228,6 @@ static void get(struct transfer *t)
 static char *registry_get(const char *path, const char *digest, char got[DIGEST_LEN + 1])
 {
 	struct transfer t = { .url = xasprintf("%s/%s", base_url, path), .registry = 1 };
-
 	strcpy(t.digest, digest ? digest : "");
 	get(&t);
 	if (got)
@@ -264,9 +239,7 @@ static char *registry_get(const char *path, const char *digest, char got[DIGEST_
 static char *challenge_param(const char *challenge, const char *key)
 {
 	size_t n = strlen(key);
-	const char *p;
-
-	for (p = challenge; (p = strcasestr(p, key)); p += n)
+	for (const char *p = challenge; (p = strcasestr(p, key)); p += n)
 		if (p > challenge && strchr(" ,", p[-1]) && p[n] == '=')
 			return p[n + 1] == '"' ? strndup(p + n + 2, strcspn(p + n + 2, "\"")) :
 				strndup(p + n + 1, strcspn(p + n + 1, ", "));
@@ -281,7 +254,6 @@ static void authenticate(const char *challenge)
 	struct transfer t = { .auth = basic };
 	const char *token;
 	cJSON *json;
-
 	free(auth);
 	auth = NULL;
 	if (!strncasecmp(challenge, "Basic", 5)) {
@@ -306,12 +278,11 @@ static void authenticate(const char *challenge)
 /* Auth files name a registry "host", "https://host/..." or "https://index.docker.io/v1/". */
 static char *find_credentials(const char *file)
 {
-	char *text = read_file_at(AT_FDCWD, file, MAX_BODY, 0), *found = NULL;
+	char *text = file ? read_file_at(AT_FDCWD, file, MAX_BODY, 0) : NULL, *found = NULL;
 	cJSON *json = text ? parse_object(text, file) : NULL;
 	const cJSON *e;
 	const char *k;
 	size_t n;
-
 	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(json, "auths")) {
 		k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
 		n = strcspn(k, "/");
@@ -328,89 +299,73 @@ static char *find_credentials(const char *file)
 /* podman's auth.json, then docker's config.json, as podman reads them */
 static void load_credentials(void)
 {
-	const char *e;
-
-	if ((e = getenv("REGISTRY_AUTH_FILE")))
-		credentials = find_credentials(e);
-	if (!credentials && (e = getenv("XDG_RUNTIME_DIR")))
-		credentials = find_credentials(xasprintf("%s/containers/auth.json", e));
-	if (!credentials && (e = getenv("DOCKER_CONFIG")))
-		credentials = find_credentials(xasprintf("%s/config.json", e));
-	else if (!credentials && (e = getenv("HOME")))
-		credentials = find_credentials(xasprintf("%s/.docker/config.json", e));
+	const char *run = getenv("XDG_RUNTIME_DIR"), *docker = getenv("DOCKER_CONFIG"), *home = getenv("HOME");
+	char *files[] = { getenv("REGISTRY_AUTH_FILE"), run ? xasprintf("%s/containers/auth.json", run) : NULL,
+		docker ? xasprintf("%s/config.json", docker) : home ? xasprintf("%s/.docker/config.json", home) : NULL };
+	for (size_t i = 0; i < sizeof(files) / sizeof(*files) && !credentials; i++)
+		credentials = find_credentials(files[i]);
 }
 
 /* Plain HTTP only for loopback registries, as docker, and the ones listed in $D_PULL_INSECURE. */
 static int is_insecure(const char *host)
 {
-	const char *list = getenv("D_PULL_INSECURE"), *p;
+	const char *list = getenv("D_PULL_INSECURE");
 	size_t n = strlen(host);
-
-	for (p = list; p && (p = strstr(p, host)); p += n)
+	for (const char *p = list; p && (p = strstr(p, host)); p += n)
 		if ((p == list || p[-1] == ',') && (!p[n] || p[n] == ','))
 			return 1;
 	return !strncmp(host, "127.", 4) || !strncmp(host, "[::1]", 5) || !strcmp(host, "localhost") ||
 		!strncmp(host, "localhost:", 10);
 }
 
-/* Pings /v2/ as docker does, to choose the scheme and answer any challenge up front. */
+/* The scheme: plain HTTP only when HTTPS fails on an insecure registry, as docker does. */
 static void connect_registry(void)
 {
 	struct transfer t = { .url = xasprintf("https://%s/v2/", ref.host) };
-	CURL *h;
-
-	if (is_insecure(ref.registry)) {
-		h = new_handle(t.url);
-		curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);
-		if (curl_easy_perform(h) != CURLE_OK)
-			t.url = xasprintf("http://%s/v2/", ref.host);
-		curl_easy_cleanup(h);
-	}
-	get(&t);
+	CURL *h = start(&t);
+	curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);
+	if (is_insecure(ref.registry) && curl_easy_perform(h) != CURLE_OK)
+		t.url = xasprintf("http://%s/v2/", ref.host);
+	curl_easy_cleanup(h);
+	fclose(t.out);
 	base_url = xasprintf("%s%s", t.url, ref.repo);
-	if (t.status == 401 && t.challenge)
-		authenticate(t.challenge);
 }
 
+/* "os/arch[/variant]"; arm64 means arm64/v8 */
 static const char *platform_name(const cJSON *p)
 {
 	const char *os = json_string(p, "os", "platform"), *arch = json_string(p, "architecture", "platform");
 	const char *variant = json_string(p, "variant", "platform");
-
+	if (!variant && arch && !strcmp(arch, "arm64"))
+		variant = "v8";
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "", variant ? variant : "");
 }
 
-/* the wanted platform's manifest in an index; attestations say "unknown/unknown" */
+/* The wanted platform's manifest in an index: a platform given without variant takes any. */
 static const char *select_platform(const cJSON *index)
 {
-	const cJSON *m, *p;
-	const char *os, *arch, *variant, *digest;
+	const char *name, *digest;
 	char *available = "";
-
+	const cJSON *m;
+	size_t n = strlen(want);
 	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(index, "manifests")) {
-		p = cJSON_GetObjectItemCaseSensitive(m, "platform");
-		os = json_string(p, "os", "index");
-		arch = json_string(p, "architecture", "index");
-		variant = json_string(p, "variant", "index");
+		name = platform_name(cJSON_GetObjectItemCaseSensitive(m, "platform"));
 		digest = json_string(m, "digest", "index");
-		if (!os || !arch || !strcmp(os, "unknown"))
-			continue;
-		variant = variant ? variant : strcmp(arch, "arm64") ? "" : "v8";
-		if (!strcmp(want_os, os) && !strcmp(want_arch, arch) && (!*want_variant || !strcmp(want_variant, variant))) {
+		if (!strncmp(name, want, n) && (!name[n] || name[n] == '/')) {
 			if (!valid_digest(digest))
-				errx(1, "%s/%s: index: invalid digest for %s", ref.registry, ref.repo, platform_name(p));
+				errx(1, "%s/%s: index: invalid digest for %s", ref.registry, ref.repo, name);
 			return digest;
 		}
-		available = xasprintf("%s %s", available, platform_name(p));
+		/* attestations say unknown/unknown */
+		if (strncmp(name, "unknown/", 8))
+			available = xasprintf("%s %s", available, name);
 	}
-	errx(1, "%s/%s: no image for %s/%s%s%s; available:%s", ref.registry, ref.repo, want_os, want_arch,
-		*want_variant ? "/" : "", want_variant, *available ? available : " none");
+	errx(1, "%s/%s: no image for %s; available:%s", ref.registry, ref.repo, want, *available ? available : " none");
 }
 
 static void write_file(const char *path, int flags, const char *text)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC | flags, 0644);
-
 	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || close(fd))
 		err(1, "%s", path);
 }
@@ -419,7 +374,6 @@ static void write_file(const char *path, int flags, const char *text)
 static void write_config(const char *text, const char *what, char **platform)
 {
 	cJSON *json = parse_object(text, what), *config, *volumes, *v, *next;
-
 	config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
 	if (!cJSON_IsObject(config))
 		cJSON_Delete(config), config = cJSON_CreateObject();
@@ -465,7 +419,6 @@ static void clear_lower(const char *dir, void **written)
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	char *path;
-
 	if (!d && errno != ENOENT && errno != ENOTDIR)
 		err(1, "opendir %s", dir);
 	while (d && (de = readdir(d))) {
@@ -486,7 +439,6 @@ static void clear_lower(const char *dir, void **written)
 static void apply_whiteout(char *name, char *base, void **written)
 {
 	char *target;
-
 	if (base != name)
 		base[-1] = '\0';
 	if (!strcmp(base, ".wh..wh..opq"))
@@ -509,7 +461,6 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 	struct stat st;
 	size_t n;
 	int r;
-
 	while (*p == '/' || (p[0] == '.' && (p[1] == '/' || !p[1])))
 		p += p[0] == '.' && p[1] == '/' ? 2 : 1;
 	name = xasprintf("%s", p);
@@ -544,7 +495,6 @@ static void extract_layer(const char *digest)
 	int fd = openat(cache_fd, digest, O_RDONLY | O_CLOEXEC), r;
 	struct archive_entry *e;
 	void *written = NULL; /* the names this layer wrote, which its whiteouts spare */
-
 	if (fd < 0)
 		err(1, "%s", digest);
 	archive_read_support_filter_all(in);
@@ -572,7 +522,6 @@ static int start_extractor(const char *rootfs)
 	gid_t gid = getgid();
 	int p[2], i;
 	char c;
-
 	if (pipe2(p, O_CLOEXEC) || (extractor = fork()) < 0)
 		err(1, "fork");
 	if (extractor)
@@ -592,37 +541,22 @@ static int start_extractor(const char *rootfs)
 	_exit(i == nlayers ? 0 : 1);
 }
 
-static void show_progress(int unpacked, time_t begin)
-{
-	curl_off_t bytes = 0;
-	int i;
-
-	for (i = 0; i < nlayers; i++)
-		bytes += layers[i].bytes;
-	fprintf(stderr, "\r\033[K%s: %d of %d layers unpacked, %.1f MB downloaded, %.1f MB/s", program_invocation_short_name,
-		unpacked, nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - begin + 1));
-}
-
 /* Downloads the missing layers, a few at once, and hands each to the extractor as soon as it
  * and all below it are in the cache; stops early if the extractor fails. */
 static void fetch_layers(int notify)
 {
 	CURLM *multi = curl_multi_init();
-	int next = 0, running, left, status, i, fd, tty = !quiet && isatty(2);
+	int next = 0, running, left, status, tty = !quiet && isatty(2);
 	time_t begin = time(NULL);
+	curl_off_t bytes;
 	struct transfer *t;
 	CURLMsg *msg;
-
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
-	for (i = 0; i < nlayers; i++) {
-		t = &layers[i];
+	for (t = layers; t < layers + nlayers; t++) {
 		/* touched on use: the cache keeps what was used in the last 30 days */
 		if (!(t->done = !utimensat(cache_fd, t->digest, NULL, 0)) && errno != ENOENT)
 			err(1, "%s/%s", cache_path, t->digest);
-		t->tmp = t->done ? NULL : xasprintf("%s/%s.XXXXXX", cache_path, t->digest);
-		if (t->tmp && ((fd = mkostemp(t->tmp, O_CLOEXEC)) < 0 || close(fd)))
-			err(1, "%s", t->tmp);
-		if (t->tmp)
+		if (!t->done)
 			curl_multi_add_handle(multi, start(t));
 	}
 	while (next < nlayers && !waitpid(extractor, &status, WNOHANG)) {
@@ -636,8 +570,11 @@ static void fetch_layers(int notify)
 			if (finish(t, msg->easy_handle, msg->data.result))
 				curl_multi_add_handle(multi, start(t));
 		}
+		for (bytes = 0, t = layers; tty && t < layers + nlayers; t++)
+			bytes += t->bytes;
 		if (tty)
-			show_progress(next, begin);
+			fprintf(stderr, "\r\033[K%s: %d of %d layers unpacked, %.1f MB downloaded, %.1f MB/s",
+				program_invocation_short_name, next, nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - begin + 1));
 		if (next < nlayers && !layers[next].done)
 			curl_multi_poll(multi, NULL, 0, 1000, NULL);
 	}
@@ -649,17 +586,14 @@ static void fetch_layers(int notify)
 static void open_cache(void)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-	char *p;
-
 	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg) : xasprintf("%s/.cache/d-utils", home ? home : "");
-	for (p = cache_path; (p = strchr(p + 1, '/'));) {
+	/* mkdir -p; what fails shows when the cache is opened */
+	for (char *p = cache_path; (p = strchr(p + 1, '/')); *p = '/') {
 		*p = '\0';
-		if (mkdir(cache_path, 0755) && errno != EEXIST)
-			err(1, "mkdir %s", cache_path);
-		*p = '/';
+		mkdir(cache_path, 0755);
 	}
-	if ((mkdir(cache_path, 0755) && errno != EEXIST) ||
-	    (cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+	mkdir(cache_path, 0755);
+	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s", cache_path);
 }
 
@@ -670,7 +604,6 @@ static void prune_cache(void)
 	time_t limit = time(NULL) - 30 * 24 * 3600;
 	struct dirent *de;
 	struct stat st;
-
 	while (d && (de = readdir(d)))
 		if (!fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode) &&
 		    st.st_mtime < limit && unlinkat(cache_fd, de->d_name, 0))
@@ -679,18 +612,13 @@ static void prune_cache(void)
 		closedir(d);
 }
 
-/* At exit before the end: stop the extractor, remove temporary files and the partial DIR. */
+/* At an exit before the end: stop the extractor, remove the partial DIR. */
 static void cleanup(void)
 {
-	int i;
-
 	if (done || getpid() != parent)
 		return;
 	if (extractor > 0 && !kill(extractor, SIGKILL))
 		waitpid(extractor, NULL, 0);
-	for (i = 0; i < nlayers; i++)
-		if (layers[i].tmp)
-			unlink(layers[i].tmp);
 	remove_tree(out_dir);
 }
 
@@ -701,7 +629,6 @@ static void pull(void)
 	const cJSON *layer, *list;
 	cJSON *manifest;
 	int status;
-
 	connect_registry();
 	/* the digest of the bytes as served: manifests are not always canonical JSON */
 	manifest = parse_object(registry_get(xasprintf("manifests/%s", reference), ref.digest, digest), reference);
@@ -717,7 +644,8 @@ static void pull(void)
 	cJSON_ArrayForEach(layer, list) {
 		if (!valid_digest(reference = json_string(layer, "digest", "manifest")))
 			errx(1, "%s/%s: manifest: invalid layer digest", ref.registry, ref.repo);
-		layers[nlayers] = (struct transfer){ .url = xasprintf("%s/blobs/%s", base_url, reference), .registry = 1 };
+		layers[nlayers] = (struct transfer){ .url = xasprintf("%s/blobs/%s", base_url, reference),
+			.registry = 1, .layer = 1 };
 		strcpy(layers[nlayers++].digest, reference);
 	}
 	if (!quiet)
@@ -742,7 +670,6 @@ int main(int argc, char **argv)
 	};
 	const char *platform = NULL;
 	int c;
-
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
 		if (c == 'h' || c == '?')
 			usage(c == 'h' ? 0 : 2);

@@ -25,7 +25,6 @@ static void usage(int status)
 static void add(int n, ...)
 {
 	va_list ap;
-
 	va_start(ap, n);
 	args = xrealloc(args, (nargs + n + 1) * sizeof(*args));
 	while (n--)
@@ -42,7 +41,6 @@ static void add_word(const char *word)
 static void add_env(const char *entry)
 {
 	char *key = xasprintf("%s", entry), *value = strchr(key, '=');
-
 	if (!value && !(value = getenv(key))) /* -e KEY passes on the caller's value, if any */
 		return;
 	if (*value == '=')
@@ -58,7 +56,6 @@ static char *fd_path(int fd)
 {
 	char link[32], *path = xrealloc(NULL, PATH_MAX);
 	ssize_t n;
-
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	if ((n = readlink(link, path, PATH_MAX - 1)) < 0)
 		err(1, "%s", link);
@@ -73,7 +70,6 @@ static const char *mount_point(int root, const char *path, int file)
 {
 	char *p = xasprintf("%s", path), *end = p, *name, c, *host;
 	int fd = dup(root), parent;
-
 	while (*(end += strspn(end, "/"))) {
 		end += strcspn(end, "/");
 		c = *end;
@@ -102,7 +98,6 @@ static int find_entry(char *text, const char *key, char **field, int nfields)
 {
 	char *line, *save = NULL;
 	int i;
-
 	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		for (i = 0; i < nfields; i++)
 			field[i] = strsep(&line, ":");
@@ -115,7 +110,6 @@ static int find_entry(char *text, const char *key, char **field, int nfields)
 static const char *parse_id(const char *s, const char *what)
 {
 	char *end;
-
 	errno = 0;
 	if (strtoul(s, &end, 10) >= 0xffffffffUL || errno || !*s || *end)
 		errx(1, "%s: no such %s in %s/rootfs/etc/%s", s, what, dir, *what == 'u' ? "passwd" : "group");
@@ -127,7 +121,6 @@ static void add_user(const char *spec, const char **home)
 {
 	char *user = xasprintf("%s", spec), *group = strchr(user, ':'), *f[7], *text;
 	const char *uid = user, *gid = "0";
-
 	if (group)
 		*group++ = '\0';
 	text = read_file_at(root_fd, "/etc/passwd", MAX_FILE, IN_ROOT);
@@ -144,7 +137,6 @@ static void add_volume(const char *spec)
 {
 	char *s = xasprintf("%s", spec), *dest = strchr(s, ':'), *mode = NULL, *host = s, *real;
 	struct stat st;
-
 	if (dest) {
 		*dest++ = '\0';
 		if ((mode = strchr(dest, ':')))
@@ -165,7 +157,6 @@ static void add_volume(const char *spec)
 static const cJSON *member(const cJSON *config, const char *key, int (*is_type)(const cJSON *), const char *type)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(config, key);
-
 	if (item && !cJSON_IsNull(item) && !is_type(item))
 		errx(1, "%s/config.json: \"%s\" is not %s", dir, key, type);
 	return item;
@@ -174,7 +165,6 @@ static const cJSON *member(const cJSON *config, const char *key, int (*is_type)(
 static void add_strings(const cJSON *config, const char *key, void (*add_one)(const char *))
 {
 	const cJSON *s;
-
 	cJSON_ArrayForEach(s, member(config, key, cJSON_IsArray, "a list of strings")) {
 		if (!cJSON_IsString(s))
 			errx(1, "%s/config.json: \"%s\" is not a list of strings", dir, key);
@@ -186,7 +176,6 @@ static int executable(const char *path)
 {
 	int fd = open_at(root_fd, path, O_PATH, IN_ROOT);
 	struct stat st;
-
 	if (fd < 0 || fstat(fd, &st))
 		return 0;
 	close(fd);
@@ -199,7 +188,6 @@ static int executable(const char *path)
 static void check_command(const char *cmd, const char *workdir)
 {
 	char *path = xasprintf("%s", path_env), *d;
-
 	if (strchr(cmd, '/') && executable(*cmd == '/' ? cmd : xasprintf("%s/%s", workdir, cmd)))
 		return;
 	for (errno = ENOENT; !strchr(cmd, '/') && (d = strsep(&path, ":"));)
@@ -215,7 +203,6 @@ static void print_command(void)
 {
 	const char *s;
 	int i;
-
 	for (i = 0; i < nargs; i++) {
 		s = args[i];
 		fputs(i ? " " : "", stderr);
@@ -234,7 +221,6 @@ static void print_command(void)
 static void set_personality(void)
 {
 	char *text = read_file_at(dir_fd, "image.txt", MAX_FILE, 0), *platform;
-
 	platform = text && strchr(text, '\n') ? strchr(text, '\n') + 1 : "";
 	if ((!strncmp(platform, "linux/386\n", 10) || !strncmp(platform, "linux/arm/", 10)) &&
 	    personality(PER_LINUX32) < 0)
@@ -254,7 +240,6 @@ int main(int argc, char **argv)
 	int nvolumes = 0, nenv = 0, net = 0, rw = 0, debug = 0, command, c, i;
 	cJSON *config;
 	char *text;
-
 	
 	while ((c = getopt_long(argc, argv, "+hv:e:u:nwr", options, NULL)) != -1)
 		switch (c) {
@@ -287,7 +272,6 @@ int main(int argc, char **argv)
 	workdir = json_string(config, "WorkingDir", "config.json");
 	workdir = workdir && *workdir ? workdir : "/";
 	hostname = json_string(config, "Hostname", "config.json");
-
 	add(7, "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", rw ? "--bind" : "--ro-bind",
 		xasprintf("%s/rootfs", dir), "/");
 	add(6, "--proc", mount_point(root_fd, "/proc", 0), "--dev", mount_point(root_fd, "/dev", 0),

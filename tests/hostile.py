@@ -34,6 +34,9 @@ def entry(name, kind="file", data=b"", mode=None, link="", dev=(0, 0)):
     ti.uid = ti.gid = 0
     ti.uname = ti.gname = "root"
     ti.size = len(data)
+    if kind == "hardlink" and data:
+        # readers take a hardlink's size as data only in a pax archive: say it is one
+        ti.pax_headers = {"comment": "hardlink with data"}
     return ti, data
 
 
@@ -93,6 +96,8 @@ ATTACKS = {
         entry("s", "symlink", link=HOSTDIR),
         entry("h3", "hardlink", link="s/keepme", data=b"pwned via h3\n"),
     ]],
+    # no such file in the rootfs (there is no decoy /etc/passwd): the pull must fail
+    "hardlink-missing": [[entry("h", "hardlink", link="/etc/passwd"), f("after", "after\n")]],
     "whiteout-escape": [
         [entry("x", "symlink", link=HOSTDIR), entry("y", "symlink", link=HOSTDIR + "/sub")],
         [entry("x/.wh.keepme"), entry("y/.wh..wh..opq")],
