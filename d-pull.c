@@ -39,9 +39,10 @@ struct transfer {
 
 static struct { char *registry, *host, *repo, *tag, *digest; } ref;
 static const char *want, *out_dir;
-static char *base_url, *auth, *credentials, *cache_path;
+static char *base_url, *auth, *credentials, *cache_path, *full_name;
 static int cache_fd, quiet, rootless, nlayers, done;
 static struct transfer *layers;
+static void *written; /* the names the layer being unpacked wrote, which its whiteouts spare */
 static pid_t parent, extractor;
 
 static void usage(int status)
@@ -120,16 +121,6 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
 }
 
-static size_t on_header(char *line, size_t size, size_t n, void *userdata)
-{
-	struct transfer *t = userdata;
-	if (n > 18 && !strncasecmp(line, "WWW-Authenticate: ", 18)) {
-		free(t->challenge);
-		t->challenge = strndup(line + 18, strcspn(line + 18, "\r\n"));
-	}
-	return size * n;
-}
-
 /* (Re)starts a transfer from scratch. A layer goes to an O_TMPFILE file: a pull killed at
  * any moment leaves nothing in the cache. */
 static CURL *start(struct transfer *t)
@@ -158,7 +149,6 @@ static CURL *start(struct transfer *t)
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
 	if (ca)
@@ -166,22 +156,11 @@ static CURL *start(struct transfer *t)
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, t);
-	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(h, CURLOPT_HEADERDATA, t);
 	curl_easy_setopt(h, CURLOPT_PRIVATE, t);
 	return h;
 }
 
 static void authenticate(const char *challenge);
-
-/* A layer's verified body gets its name in the cache; one there already is the same. */
-static void name_layer(struct transfer *t)
-{
-	char proc[32];
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fileno(t->out));
-	if (fflush(t->out) || (linkat(AT_FDCWD, proc, cache_fd, t->digest, AT_SYMLINK_FOLLOW) && errno != EEXIST))
-		err(1, "%s/%s", cache_path, t->digest);
-}
 
 /* Ends a transfer; 1 when it must start again: connection errors and 5xx after a backoff,
  * and a 401 from the registry with a new token (the first request, or one that expired). */
@@ -189,7 +168,10 @@ static int finish(struct transfer *t, CURL *h, CURLcode rc)
 {
 	char got[DIGEST_LEN + 1] = "sha256:";
 	unsigned char hash[32];
+	struct curl_header *header;
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
+	if (curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &header) == CURLHE_OK)
+		t->challenge = xasprintf("%s", header->value);
 	curl_easy_cleanup(h);
 	if (++t->tries < MAX_TRIES && (rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
 		rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
@@ -209,8 +191,11 @@ static int finish(struct transfer *t, CURL *h, CURLcode rc)
 	if (*t->digest && strcmp(got, t->digest))
 		errx(1, "%s: digest mismatch: got %s", t->digest, got);
 	strcpy(t->digest, got);
-	if (t->layer)
-		name_layer(t);
+	/* a layer's verified body gets its name in the cache; one there already is the same */
+	snprintf(got, sizeof(got), "/proc/self/fd/%d", fileno(t->out));
+	if (t->layer && (fflush(t->out) || (linkat(AT_FDCWD, got, cache_fd, t->digest, AT_SYMLINK_FOLLOW) &&
+		errno != EEXIST)))
+		err(1, "%s/%s", cache_path, t->digest);
 	if (fclose(t->out))
 		err(1, "%s", t->url);
 	return t->done = 1, 0;
@@ -306,25 +291,18 @@ static void load_credentials(void)
 		credentials = find_credentials(files[i]);
 }
 
-/* Plain HTTP only for loopback registries, as docker, and the ones listed in $D_PULL_INSECURE. */
-static int is_insecure(const char *host)
-{
-	const char *list = getenv("D_PULL_INSECURE");
-	size_t n = strlen(host);
-	for (const char *p = list; p && (p = strstr(p, host)); p += n)
-		if ((p == list || p[-1] == ',') && (!p[n] || p[n] == ','))
-			return 1;
-	return !strncmp(host, "127.", 4) || !strncmp(host, "[::1]", 5) || !strcmp(host, "localhost") ||
-		!strncmp(host, "localhost:", 10);
-}
-
-/* The scheme: plain HTTP only when HTTPS fails on an insecure registry, as docker does. */
+/* HTTPS; plain HTTP where HTTPS fails on a loopback registry (as docker) or one in $D_PULL_INSECURE */
 static void connect_registry(void)
 {
+	const char *list = getenv("D_PULL_INSECURE"), *r = ref.registry;
 	struct transfer t = { .url = xasprintf("https://%s/v2/", ref.host) };
+	int insecure = !strncmp(r, "127.", 4) || !strncmp(r, "[::1]", 5) || !strcmp(r, "localhost") ||
+		!strncmp(r, "localhost:", 10);
 	CURL *h = start(&t);
+	for (const char *p = list; p && (p = strstr(p, r)); p += strlen(r))
+		insecure |= (p == list || p[-1] == ',') && strchr(",", p[strlen(r)]);
 	curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);
-	if (is_insecure(ref.registry) && curl_easy_perform(h) != CURLE_OK)
+	if (insecure && curl_easy_perform(h) != CURLE_OK)
 		t.url = xasprintf("http://%s/v2/", ref.host);
 	curl_easy_cleanup(h);
 	fclose(t.out);
@@ -413,46 +391,36 @@ static int compare(const void *a, const void *b)
 	return strcmp(a, b);
 }
 
-/* Opaque whiteout: hide what lower layers put below dir, keep what this layer wrote. */
-static void clear_lower(const char *dir, void **written)
+/* Opaque whiteout: below its directory, remove what this layer did not write, and look
+ * inside what it wrote. */
+static int clear_lower(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
-	DIR *d = opendir(dir);
-	struct dirent *de;
-	char *path;
-	if (!d && errno != ENOENT && errno != ENOTDIR)
-		err(1, "opendir %s", dir);
-	while (d && (de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		path = strcmp(dir, ".") ? xasprintf("%s/%s", dir, de->d_name) : xasprintf("%s", de->d_name);
-		if (!tfind(path, written, compare))
-			remove_tree(path);
-		else if (de->d_type == DT_DIR)
-			clear_lower(path, written);
-		free(path);
-	}
-	if (d)
-		closedir(d);
+	(void)st, (void)type;
+	if (ftw->level == 0 || tfind(path + (strncmp(path, "./", 2) ? 0 : 2), &written, compare))
+		return FTW_CONTINUE;
+	remove_tree(path);
+	return FTW_SKIP_SUBTREE;
 }
 
 /* Whiteouts apply to lower layers only, wherever they stand in this layer's tar. */
-static void apply_whiteout(char *name, char *base, void **written)
+static void apply_whiteout(char *name, char *base)
 {
 	char *target;
 	if (base != name)
 		base[-1] = '\0';
-	if (!strcmp(base, ".wh..wh..opq"))
-		return clear_lower(base != name ? name : ".", written);
+	if (!strcmp(base, ".wh..wh..opq")) {
+		nftw(base != name ? name : ".", clear_lower, 16, FTW_PHYS | FTW_ACTIONRETVAL);
+		return;
+	}
 	target = base != name ? xasprintf("%s/%s", name, base + 4) : xasprintf("%s", base + 4);
-	if (!tfind(target, written, compare))
+	if (!tfind(target, &written, compare))
 		remove_tree(target);
 	free(target);
 }
 
 /* One tar entry, as docker applies it: what stands at its name goes first unless both are
  * directories; devices are skipped, setuid and setgid bits dropped. The root is "". */
-static void extract_entry(struct archive *in, struct archive *out, struct archive_entry *e,
-			  const char *digest, void **written)
+static void extract_entry(struct archive *in, struct archive *out, struct archive_entry *e, const char *digest)
 {
 	static int warned;
 	const char *p = archive_entry_pathname(e);
@@ -468,7 +436,7 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 		name[n - 1] = '\0';
 	base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
 	if (!strncmp(base, ".wh.", 4))
-		return apply_whiteout(name, base, written), free(name);
+		return apply_whiteout(name, base), free(name);
 	if (type == AE_IFCHR || type == AE_IFBLK) {
 		if (!warned++)
 			warnx("%s: skipping device nodes such as %s", digest, name);
@@ -485,7 +453,7 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 		errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
 	if (r == ARCHIVE_WARN)
 		warnx("%s: %s: %s", digest, name, archive_error_string(out));
-	if (*(char **)tsearch(name, written, compare) != name)
+	if (*(char **)tsearch(name, &written, compare) != name)
 		free(name);
 }
 
@@ -494,7 +462,6 @@ static void extract_layer(const char *digest)
 	struct archive *in = archive_read_new(), *out = archive_write_disk_new();
 	int fd = openat(cache_fd, digest, O_RDONLY | O_CLOEXEC), r;
 	struct archive_entry *e;
-	void *written = NULL; /* the names this layer wrote, which its whiteouts spare */
 	if (fd < 0)
 		err(1, "%s", digest);
 	archive_read_support_filter_all(in);
@@ -505,12 +472,13 @@ static void extract_layer(const char *digest)
 	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK)
 		errx(1, "%s: %s", digest, archive_error_string(in));
 	while ((r = archive_read_next_header(in, &e)) == ARCHIVE_OK)
-		extract_entry(in, out, e, digest, &written);
+		extract_entry(in, out, e, digest);
 	if (r != ARCHIVE_EOF || archive_write_close(out) != ARCHIVE_OK)
 		errx(1, "%s: %s", digest, archive_error_string(r != ARCHIVE_EOF ? in : out));
 	archive_read_free(in);
 	archive_write_free(out);
 	tdestroy(written, free);
+	written = NULL;
 	close(fd);
 }
 
@@ -583,33 +551,28 @@ static void fetch_layers(int notify)
 	close(notify);
 }
 
+/* Opens the cache, made if missing, and removes what was not used for 30 days there; a failure
+ * to remove only warns, as it does not stop the pull. */
 static void open_cache(void)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg) : xasprintf("%s/.cache/d-utils", home ? home : "");
-	/* mkdir -p; what fails shows when the cache is opened */
-	for (char *p = cache_path; (p = strchr(p + 1, '/')); *p = '/') {
-		*p = '\0';
-		mkdir(cache_path, 0755);
-	}
-	mkdir(cache_path, 0755);
-	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-		err(1, "%s", cache_path);
-}
-
-/* Removes what was not used for 30 days; a failure only warns, as the pull itself succeeded. */
-static void prune_cache(void)
-{
-	DIR *d = fdopendir(dup(cache_fd));
 	time_t limit = time(NULL) - 30 * 24 * 3600;
 	struct dirent *de;
 	struct stat st;
-	while (d && (de = readdir(d)))
+	DIR *d;
+	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg) : xasprintf("%s/.cache/d-utils", home ? home : "");
+	for (char *p = cache_path; (p = strchr(p + 1, '/')); *p = '/') {
+		*p = '\0';
+		mkdir(cache_path, 0755); /* mkdir -p; a failure shows when the cache is opened */
+	}
+	mkdir(cache_path, 0755);
+	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || !(d = fdopendir(dup(cache_fd))))
+		err(1, "%s", cache_path);
+	while ((de = readdir(d)))
 		if (!fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode) &&
 		    st.st_mtime < limit && unlinkat(cache_fd, de->d_name, 0))
 			warn("prune %s/%s", cache_path, de->d_name);
-	if (d)
-		closedir(d);
+	closedir(d);
 }
 
 /* At an exit before the end: stop the extractor, remove the partial DIR. */
@@ -648,9 +611,9 @@ static void pull(void)
 			.registry = 1, .layer = 1 };
 		strcpy(layers[nlayers++].digest, reference);
 	}
+	full_name = xasprintf("%s/%s%s%s@%s", ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
 	if (!quiet)
-		warnx("pulling %s/%s%s%s@%s into %s", ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "",
-			digest, out_dir);
+		warnx("pulling %s into %s", full_name, out_dir);
 	if (mkdir(rootfs, 0755))
 		err(1, "mkdir %s", rootfs);
 	fetch_layers(start_extractor(rootfs));
@@ -658,8 +621,7 @@ static void pull(void)
 		errx(1, "%s: unpacking failed", rootfs);
 	extractor = 0;
 	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, &platform);
-	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL, xasprintf("%s/%s%s%s@%s\n%s\n",
-		ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest, platform));
+	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL, xasprintf("%s\n%s\n", full_name, platform));
 }
 
 int main(int argc, char **argv)
@@ -693,7 +655,6 @@ int main(int argc, char **argv)
 		errx(1, "curl_global_init failed");
 	load_credentials();
 	pull();
-	prune_cache();
 	done = 1;
 	if (!quiet)
 		warnx("pulled into %s", out_dir);

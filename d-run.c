@@ -199,20 +199,14 @@ static void check_command(const char *cmd, const char *workdir)
 	exit(errno == ENOENT ? 127 : 126);
 }
 
+/* --debug: the bwrap command line, quoted for a shell */
 static void print_command(void)
 {
-	const char *s;
-	int i;
-	for (i = 0; i < nargs; i++) {
-		s = args[i];
-		fputs(i ? " " : "", stderr);
-		if (*s && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+=/.,:@%") == strlen(s)) {
-			fputs(s, stderr);
-			continue;
-		}
-		for (fputc('\'', stderr); *s; s++)
+	for (int i = 0; i < nargs; i++) {
+		const char *s = args[i], *q = *s && !s[strcspn(s, " \t\n'\"\\$`*?[]{}()<>|&;#~!")] ? "" : "'";
+		for (fprintf(stderr, "%s%s", i ? " " : "", q); *s; s++)
 			*s == '\'' ? fputs("'\\''", stderr) : fputc(*s, stderr);
-		fputc('\'', stderr);
+		fputs(q, stderr);
 	}
 	fputc('\n', stderr);
 }
@@ -240,14 +234,14 @@ int main(int argc, char **argv)
 	int nvolumes = 0, nenv = 0, net = 0, rw = 0, debug = 0, command, c, i;
 	cJSON *config;
 	char *text;
-	
+
 	while ((c = getopt_long(argc, argv, "+hv:e:u:nwr", options, NULL)) != -1)
 		switch (c) {
 		case 'h': usage(0); break;
 		case 'v': opt_volumes[nvolumes++] = optarg; break;
 		case 'e': opt_env[nenv++] = optarg; break;
 		case 'u': user = optarg; break;
-		case 'r': user = "0:0"; break;
+		case 'r': user = "0"; break;
 		case 'n': net = 1; break;
 		case 'w': rw = 1; break;
 		case 'd': debug = 1; break;
@@ -266,8 +260,7 @@ int main(int argc, char **argv)
 	config = parse_object(text, xasprintf("%s/config.json", dir));
 	net |= cJSON_IsTrue(member(config, "net", cJSON_IsBool, "true or false"));
 	rw |= cJSON_IsTrue(member(config, "rw", cJSON_IsBool, "true or false"));
-	if (!user && cJSON_IsTrue(member(config, "fakeroot", cJSON_IsBool, "true or false")))
-		user = "0:0";
+	/* xi/d-utils' fakeroot is root, which is also docker's default */
 	user = user ? user : json_string(config, "User", "config.json");
 	workdir = json_string(config, "WorkingDir", "config.json");
 	workdir = workdir && *workdir ? workdir : "/";

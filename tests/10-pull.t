@@ -1,0 +1,481 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# d-pull against real registries (issue 3): names, CLI, transport, auth and token renewal,
+# manifests and platforms, verification, the layer cache, extraction, config.json,
+# output, parallel and interrupted pulls; as root and unprivileged.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+plan 112
+
+WHO=(as_root as_user)
+ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
+
+# run WHO CMD...: CMD as WHO in WHO's home; output in $T/out and $T/err; CMD's status
+run() {
+	local who=$1
+	shift
+	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err"
+}
+
+# dp WHO ARGS...: d-pull ARGS as WHO in WHO's home
+dp() { run "$1" "$DPULL" "${@:2}"; }
+
+err() { cat "$T/err"; }
+
+# temp_files DIR: d-pull's temporary cache files under DIR
+temp_files() { find "$1" -name 'sha256:*.??????' 2>/dev/null; }
+
+# cache_list DIR: the names in a cache directory, one line
+cache_list() { ls "$1" 2>/dev/null | LC_ALL=C sort | tr '\n' ' '; }
+
+# expect_failure WHO DIR REGEX CMD...: CMD (as WHO in its home) must exit 1 with one line on
+# stderr matching REGEX and leave neither DIR nor a temporary file anywhere in WHO's home.
+# Prints what is wrong, nothing when all is right.
+expect_failure() {
+	local who=$1 dir=$2 re=$3 home st problems=()
+	shift 3
+	home=$(user_home "$who")
+	run "$who" "$@"
+	st=$?
+	[ "$st" -eq 1 ] || problems+=("exit status $st, want 1")
+	[ "$(wc -l <"$T/err")" -eq 1 ] || problems+=("$(wc -l <"$T/err") lines on stderr, want 1")
+	[[ $(err) =~ $re ]] || problems+=("stderr does not match $re")
+	[ ! -e "$home/$dir" ] || problems+=("$dir left behind")
+	[ -z "$(temp_files "$home")" ] || problems+=("temporary files left: $(temp_files "$home")")
+	if [ ${#problems[@]} -gt 0 ]; then
+		printf '%s\n' "${problems[@]}" "stderr: $(err)"
+	fi
+}
+
+# digest_of SCHEME://REGISTRY REPO TAG: the manifest digest the registry serves
+digest_of() {
+	curl -sfI -H "Accept: $ACCEPT" "$1/v2/$2/manifests/$3" | tr -d '\r' |
+		sed -n 's/^docker-content-digest: //Ip'
+}
+
+# blob_path STORAGE DIGEST: where docker-registry keeps a blob
+blob_path() {
+	local h=${2#sha256:}
+	echo "$1/docker/registry/v2/blobs/sha256/${h:0:2}/$h/data"
+}
+
+# auth_json FILE REGISTRY USER:PASSWORD [KEY]: a docker/podman credentials file
+auth_json() {
+	mkdir -p "$(dirname "$1")"
+	printf '{"auths":{"%s":{"auth":"%s"}}}\n' "${4:-$2}" "$(printf %s "$3" | base64 -w0)" >"$1"
+	chmod -R a+rX "$(dirname "$1")"
+}
+
+# --- CLI and names: no registry is running yet -------------------------------------
+run as_user "$DPULL" -h
+is "-h: usage on stdout, exit 0, nothing on stderr" "$? $(head -c 13 "$T/out")|$(err)" "0 usage: d-pull|"
+run as_user "$DPULL"
+like "no argument: usage on stderr, exit 2" "$? $(err)" '^2 usage: d-pull'
+run as_user "$DPULL" a b c
+like "three arguments: usage error, exit 2" "$? $(err)" '^2 usage: d-pull'
+run as_user "$DPULL" --bogus 127.0.0.1:1/busybox
+like "unknown option: usage error, exit 2" "$? $(err)" '^2 .*usage: d-pull'
+
+# With nothing listening anywhere, the error can only come from parsing.
+is "uppercase repository: error naming it, before any network access" \
+	"$(expect_failure as_user BusyBox 'BusyBox' "$DPULL" 127.0.0.1:1/BusyBox)" ""
+like "  ... and the error is a name error, not a connection error" "$(err)" '^d-pull: 127\.0\.0\.1:1/BusyBox: invalid'
+is "bad tag: error naming the tag, before any network access" \
+	"$(expect_failure as_user busybox '^d-pull: [^ ]*:-bad: invalid' "$DPULL" 127.0.0.1:1/busybox:-bad)" ""
+is "short digest: error naming the digest, before any network access" \
+	"$(expect_failure as_user busybox '^d-pull: [^ ]*@sha256:abc: invalid' \
+		"$DPULL" 127.0.0.1:1/busybox@sha256:abc)" ""
+is "uppercase hex digest: invalid digest" \
+	"$(expect_failure as_user busybox '@sha256:A{64}: invalid' \
+		"$DPULL" "127.0.0.1:1/busybox@sha256:$(printf 'A%.0s' {1..64})")" ""
+run as_user "$DPULL" --platform linux 127.0.0.1:1/busybox pf
+like "--platform without ARCH: error naming --platform, exit 1 or 2, no DIR" \
+	"$? $(err) $([ -e "$(user_home as_user)/pf" ] && echo DIR)" '^[12] d-pull: [^ ]*platform linux.*OS/ARCH.*[^R]$'
+
+# Docker Hub and other remote names, seen through the URL d-pull tries first (the /v2/ ping or
+# the manifest): a proxy that does not resolve stops every request before it leaves the machine.
+# NAME -> HOST REPO TAG
+declare -A NAMES=(
+	[alpine]="registry-1.docker.io library/alpine latest"
+	[alpine:3.20]="registry-1.docker.io library/alpine 3.20"
+	[library/alpine]="registry-1.docker.io library/alpine latest"
+	[docker.io/library/alpine]="registry-1.docker.io library/alpine latest"
+	[index.docker.io/x/y]="registry-1.docker.io x/y latest"
+	[foo/bar]="registry-1.docker.io foo/bar latest"
+	[ghcr.io/o/r:tag]="ghcr.io o/r tag"
+	[reg.example:8443/a/b/c:tag]="reg.example:8443 a/b/c tag"
+)
+for name in alpine alpine:3.20 library/alpine docker.io/library/alpine index.docker.io/x/y foo/bar \
+	ghcr.io/o/r:tag reg.example:8443/a/b/c:tag; do
+	read -r host repo tag <<<"${NAMES[$name]}"
+	re="^d-pull: https://${host//./\\.}/v2/(${repo//./\\.}/manifests/${tag//./\\.})?: "
+	is "name $name is $host, repository $repo, tag $tag (DIR removed after the failure)" \
+		"$(expect_failure as_user "$(basename "${name%:*}")" "$re" \
+			env -u no_proxy -u NO_PROXY https_proxy=http://proxy.invalid:1 \
+			http_proxy=http://proxy.invalid:1 "$DPULL" "$name")" ""
+done
+
+# --- registries and images --------------------------------------------------------------
+ok "start the http, tls and token registries" \
+	eval 'start_registry http && start_registry tls && start_registry token'
+push_all() { # REGISTRY NAME[:REPO]...
+	local reg=$1 f
+	shift
+	for f; do
+		push_fixture "${f%%:*}" "$reg" "${f#*:}" || return 1
+	done
+}
+ok "push the fixtures to the tls registry" push_all "$REG_TLS" busybox full hostile-config layers \
+	multi dockerlist plain zstd docker
+ok "push busybox to the http registry" push_all "$REG_HTTP" busybox
+ok "push busybox, private/busybox and layers to the token registry" \
+	push_all "$REG_TOKEN" busybox busybox:private/busybox layers
+TLS=https://$REG_TLS
+BUSYBOX=$(digest_of "$TLS" busybox latest)
+BUSYBOX_LAYER=$(inspect_raw "$REG_TLS" busybox | jq -r '.layers[].digest')
+LAYERS_LAYERS=$(inspect_raw "$REG_TLS" layers | jq -r '.layers[].digest' | LC_ALL=C sort | tr '\n' ' ')
+BUSYBOX_SUM=$(tar -xzOf "$(blob_path "$REG_STORAGE_TLS" "$BUSYBOX_LAYER")" bin/busybox | sha256sum)
+like "the registry serves busybox's manifest digest and one layer" "$BUSYBOX $BUSYBOX_LAYER" \
+	'^sha256:[0-9a-f]{64} sha256:[0-9a-f]{64}$'
+
+# --- a plain pull, as root and as a user ---------------------------------------------------
+for who in "${WHO[@]}"; do
+	home=$(user_home "$who")
+	dp "$who" "$REG_TLS/busybox"
+	is "$who: pull $REG_TLS/busybox into the default DIR busybox, exit 0" \
+		"$? $(cd "$home/busybox" 2>/dev/null && ls | tr '\n' ' ')" "0 config.json image.txt rootfs "
+	is "$who: image.txt = REGISTRY/REPO:TAG@DIGEST and the platform" "$(cat "$home/busybox/image.txt")" \
+		"$REG_TLS/busybox:latest@$BUSYBOX"$'\n'"linux/amd64"
+	is "$who: rootfs has busybox, its absolute applet links and os-release" \
+		"$(cd "$home/busybox/rootfs" && sha256sum <bin/busybox) $(readlink "$home/busybox/rootfs/bin/sh") $(grep ^ID= "$home/busybox/rootfs/etc/os-release")" \
+		"$BUSYBOX_SUM /bin/busybox ID=d-utils-test"
+	is "$who: config.json is the image config's config object" \
+		"$(jq -S . "$home/busybox/config.json")" "$(inspect_raw "$REG_TLS" busybox --config | jq -S .config)"
+	like "$who: config.json is pretty-printed" "$(cat "$home/busybox/config.json")" $'^\\{\n[ \t]+"'
+	is "$who: the cache holds the layer (only), under its digest, no temporary file" \
+		"$(cache_list "$home/.cache/d-utils") $(temp_files "$home/.cache")" "$BUSYBOX_LAYER  "
+	like "$who: log lines on stderr (pulling, pulled into), nothing on stdout" "$(err)|$(cat "$T/out")" \
+		'^d-pull: pulling .*busybox.*d-pull: pulled into busybox\|$'
+done
+r=$(user_home as_root)/busybox/rootfs
+is "as_root: owners and modes restored (home/user 1000:1000, proc 555, root 700, tmp 1777)" \
+	"$(stat -c '%n %u:%g %a' "$r/home/user" "$r/proc" "$r/root" "$r/tmp" | sed "s|$r/||")" \
+	"home/user 1000:1000 755
+proc 0:0 555
+root 0:0 700
+tmp 0:0 1777"
+u=$(user_home as_user)
+is "as_user: every file belongs to the user, no owner restored" \
+	"$(find "$u/busybox" ! -user 65534 -o ! -group 65534 | head -3)" ""
+ok "as_user: rm -rf DIR works (the image has 0555 /proc and /sys)" \
+	eval "as_user rm -rf '$u/busybox' && test ! -e '$u/busybox'"
+rm -rf "$(user_home as_root)/busybox"
+
+dp as_user -q "$REG_TLS/busybox" quiet
+is "-q: exit 0 and nothing on stderr" "$? $(err)" "0 "
+
+# --- existing DIR, errors ----------------------------------------------------------------
+mkdir "$u/exists" && echo keep >"$u/exists/marker" && chown -R 65534:65534 "$u/exists"
+dp as_user "$REG_TLS/busybox" exists
+is "an existing DIR is refused and left untouched" "$? $(err) $(ls "$u/exists")" \
+	"1 d-pull: exists: already exists marker"
+is "unknown repository: one line with HTTP 404 and not found, exit 1, no DIR, no temp file" \
+	"$(expect_failure as_user nosuch 'HTTP 404.*not found' "$DPULL" "$REG_TLS/nosuch")" ""
+is "unknown tag: one line with HTTP 404 and not found, exit 1, no DIR, no temp file" \
+	"$(expect_failure as_user busybox 'HTTP 404.*not found' "$DPULL" "$REG_TLS/busybox:nosuchtag")" ""
+is "as_root: unknown tag: same error" \
+	"$(expect_failure as_root busybox 'HTTP 404.*not found' "$DPULL" "$REG_TLS/busybox:nosuchtag")" ""
+MULTI=$(digest_of "$TLS" multi latest)
+is "a digest that is not in the repository fails, no DIR" \
+	"$(expect_failure as_user busybox 'HTTP 404|digest mismatch' "$DPULL" -q "$REG_TLS/busybox@$MULTI")" ""
+
+# --- name forms on loopback ---------------------------------------------------------------
+line1() { head -1 "$u/$1/image.txt" 2>/dev/null; }
+dp as_user -q "$REG_TLS/busybox:latest" n-tag
+is "name:tag: image.txt line 1 has the tag and the digest" "$? $(line1 n-tag)" "0 $REG_TLS/busybox:latest@$BUSYBOX"
+dp as_user -q "$REG_TLS/busybox@$BUSYBOX" n-digest
+is "name@digest: image.txt line 1 has the digest" "$? $(line1 n-digest)" "0 $REG_TLS/busybox@$BUSYBOX"
+dp as_user -q "$REG_TLS/busybox:nosuchtag@$BUSYBOX" n-both
+like "name:tag@digest: the digest wins over an unknown tag" "$? $(line1 n-both)" \
+	"^0 $REG_TLS/busybox(:nosuchtag)?@$BUSYBOX\$"
+port=${REG_TLS#*:}
+dp as_user -q "localhost:$port/busybox" n-localhost
+is "localhost:PORT/name is a registry" "$? $(line1 n-localhost)" "0 localhost:$port/busybox:latest@$BUSYBOX"
+
+# --- manifests and platforms ------------------------------------------------------------
+platform() { echo "$(cat "$u/$1/rootfs/etc/platform" 2>/dev/null)|$(sed -n 2p "$u/$1/image.txt" 2>/dev/null)"; }
+for who in "${WHO[@]}"; do
+	dp "$who" -q "$REG_TLS/multi" multi
+	is "$who: OCI index (arm64 listed first): default platform linux/amd64" \
+		"$? $(cat "$(user_home "$who")/multi/rootfs/etc/platform")" "0 linux/amd64"
+done
+is "OCI index: image.txt line 1 has the index digest, line 2 linux/amd64" \
+	"$(cat "$u/multi/image.txt")" "$REG_TLS/multi:latest@$MULTI"$'\n'"linux/amd64"
+dp as_user -q "$(line1 multi)" multi-again
+is "image.txt line 1 fed back to d-pull pulls the same image" \
+	"$? $(line1 multi-again) $(platform multi-again)" "0 $(line1 multi) linux/amd64|linux/amd64"
+dp as_user -q "$REG_TLS/dockerlist" dockerlist
+is "Docker manifest list: default platform linux/amd64" "$? $(platform dockerlist)" "0 linux/amd64|linux/amd64"
+dp as_user -q --platform linux/arm64 "$REG_TLS/multi" multi-arm64
+is "--platform linux/arm64 selects arm64/v8 (image.txt says linux/arm64/v8)" \
+	"$? $(platform multi-arm64)" "0 linux/arm64/v8|linux/arm64/v8"
+dp as_user -q --platform linux/arm64/v8 "$REG_TLS/dockerlist" dockerlist-arm64
+is "--platform linux/arm64/v8 on a Docker list" "$? $(platform dockerlist-arm64)" \
+	"0 linux/arm64/v8|linux/arm64/v8"
+run as_user env GOARCH=arm64 "$DPULL" -q "$REG_TLS/multi" multi-goarch
+is "GOARCH=arm64 selects arm64 without --platform" "$? $(platform multi-goarch)" \
+	"0 linux/arm64/v8|linux/arm64/v8"
+run as_user env GOARCH=arm64 "$DPULL" -q --platform linux/amd64 "$REG_TLS/multi" multi-over
+is "--platform wins over GOARCH" "$? $(platform multi-over)" "0 linux/amd64|linux/amd64"
+is "--platform linux/s390x: error lists the platforms available, no DIR" \
+	"$(expect_failure as_user multi-s390x 'linux/s390x.*linux/arm64/v8.*linux/amd64' \
+		"$DPULL" -q --platform linux/s390x "$REG_TLS/multi" multi-s390x)" ""
+is "  ... and does not list the attestation entry (unknown/unknown)" "$(grep -c unknown "$T/err")" 0
+is "--platform linux/arm64/v7: the variant must match too" \
+	"$(expect_failure as_user multi-v7 'linux/arm64/v7' \
+		"$DPULL" -q --platform linux/arm64/v7 "$REG_TLS/multi" multi-v7)" ""
+
+DOCKER=$(digest_of "$TLS" docker latest)
+dp as_user -q "$REG_TLS/docker" docker
+is "Docker schema 2 manifest with a Docker gzip layer" \
+	"$? $(line1 docker) $(sha256sum <"$u/docker/rootfs/bin/busybox")" \
+	"0 $REG_TLS/docker:latest@$DOCKER $BUSYBOX_SUM"
+for f in zstd plain; do
+	dp as_user -q "$REG_TLS/$f" "$f"
+	is "$f layer: the same busybox as the gzip image" \
+		"$? $(sha256sum <"$u/$f/rootfs/bin/busybox" 2>/dev/null) $(readlink "$u/$f/rootfs/bin/sh")" \
+		"0 $BUSYBOX_SUM /bin/busybox"
+done
+if have_fixture i386 && push_fixture i386 "$REG_TLS"; then
+	dp as_user -q "$REG_TLS/i386" i386
+	is "a single-platform image of another architecture: image.txt says linux/386" \
+		"$? $(sed -n 2p "$u/i386/image.txt")" "0 linux/386"
+else
+	skip "a single-platform image of another architecture: image.txt says linux/386" "no i386 fixture"
+fi
+
+# --- extraction: whiteouts, opaque directories, a file replacing a tree --------------
+for who in "${WHO[@]}"; do
+	home=$(user_home "$who")
+	run "$who" env XDG_CACHE_HOME="$home/layers-cache" "$DPULL" -q "$REG_TLS/layers" layers
+	is "$who: layers (5 layers with whiteouts): exactly the expected tree" \
+		"$? $(layers_tree "$home/layers/rootfs")" "0 $LAYERS_TREE"
+	is "$who: layers: no .wh. file anywhere in the rootfs" "$(find "$home/layers/rootfs" -name '.wh.*')" ""
+	is "$who: layers: the cache holds the 5 layers, nothing else" \
+		"$(cache_list "$home/layers-cache/d-utils")" "$LAYERS_LAYERS"
+done
+
+# --- config.json -------------------------------------------------------------------------
+dp as_user "$REG_TLS/hostile-config" hostile
+is "hostile-config: net, rw and the host volume dropped, /ok kept" \
+	"$? $(jq -c '[has("net"), has("rw"), (.Volumes | keys)]' "$u/hostile/config.json")" '0 [false,false,["/ok"]]'
+like "hostile-config: a warning names what was dropped" "$(err)" '"?net"?.*"?rw"?.*/etc/shadow-host:/x'
+dp as_user -q "$REG_TLS/full" full
+is "full: User, Entrypoint, Cmd, WorkingDir, Volumes, Hostname kept" \
+	"$? $(jq -c '[.User, .Entrypoint, .Cmd, .WorkingDir, .Volumes, .Hostname]' "$u/full/config.json")" \
+	'0 ["user",["/bin/echo","entry"],["cmd"],"/home/user/work",{"/data":{}},"fixturehost"]'
+
+# --- transport -----------------------------------------------------------------------------
+dp as_user -q "$REG_HTTP/busybox" http
+is "a plain-HTTP loopback registry: https first, then http" "$? $(line1 http)" \
+	"0 $REG_HTTP/busybox:latest@$BUSYBOX"
+run as_user env -u CURL_CA_BUNDLE "$DPULL" -q "$REG_TLS/busybox" ca-ssl
+is "SSL_CERT_FILE alone names the CA" "$? $(line1 ca-ssl)" "0 $REG_TLS/busybox:latest@$BUSYBOX"
+run as_user env -u SSL_CERT_FILE "$DPULL" -q "$REG_TLS/busybox" ca-curl
+is "CURL_CA_BUNDLE alone names the CA" "$? $(line1 ca-curl)" "0 $REG_TLS/busybox:latest@$BUSYBOX"
+is "without the test CA the TLS registry fails with a certificate error, nothing created" \
+	"$(expect_failure as_user ca-none '[Cc]ertificate|SSL|TLS' \
+		env -u SSL_CERT_FILE -u CURL_CA_BUNDLE "$DPULL" -q "$REG_TLS/busybox" ca-none)" ""
+skip "D_PULL_INSECURE names plain-HTTP registries" "loopback registries are plain-HTTP capable anyway"
+
+# --- auth: token registry ---------------------------------------------------------------------
+TOKEN_HOST=${REG_TOKEN//./\\.}
+dp as_user -q "$REG_TOKEN/busybox" tok-public
+is "Bearer challenge: an anonymous token pulls a public repository" \
+	"$? $(tail -1 "$TOKEN_LOG")" "0 anonymous repository:busybox:pull"
+for who in "${WHO[@]}"; do
+	is "$who: private repository without credentials: one line, HTTP 401/403, access denied, the registry" \
+		"$(expect_failure "$who" busybox "HTTP 40[13].*$TOKEN_HOST.*access denied|access denied.*HTTP 40[13].*$TOKEN_HOST" \
+			"$DPULL" -q "$REG_TOKEN/private/busybox")" ""
+done
+for who in "${WHO[@]}"; do
+	home=$(user_home "$who")
+	auth_json "$home/.docker/config.json" "$REG_TOKEN" alice:secret
+	[ "$who" = as_user ] && chown -R 65534:65534 "$home/.docker"
+	dp "$who" -q "$REG_TOKEN/private/busybox" priv-home
+	is "$who: credentials from ~/.docker/config.json pull a private repository" \
+		"$? $(tail -1 "$TOKEN_LOG") $(sed -n 2p "$home/priv-home/image.txt")" \
+		"0 alice repository:private/busybox:pull linux/amd64"
+	rm -rf "$home/.docker"
+done
+auth_json "$T/auth/docker/config.json" "$REG_TOKEN" alice:secret
+run as_user env DOCKER_CONFIG="$T/auth/docker" "$DPULL" -q "$REG_TOKEN/private/busybox" priv-docker
+is "credentials from \$DOCKER_CONFIG/config.json" "$? $(tail -1 "$TOKEN_LOG")" \
+	"0 alice repository:private/busybox:pull"
+auth_json "$T/auth/podman.json" "$REG_TOKEN" alice:secret
+run as_user env REGISTRY_AUTH_FILE="$T/auth/podman.json" "$DPULL" -q "$REG_TOKEN/private/busybox" priv-raf
+is "credentials from \$REGISTRY_AUTH_FILE" "$? $(tail -1 "$TOKEN_LOG")" "0 alice repository:private/busybox:pull"
+auth_json "$T/auth/run/containers/auth.json" "$REG_TOKEN" alice:secret
+run as_user env XDG_RUNTIME_DIR="$T/auth/run" "$DPULL" -q "$REG_TOKEN/private/busybox" priv-xdg
+is "credentials from \$XDG_RUNTIME_DIR/containers/auth.json" "$? $(tail -1 "$TOKEN_LOG")" \
+	"0 alice repository:private/busybox:pull"
+auth_json "$T/auth/url/config.json" "$REG_TOKEN" alice:secret "https://$REG_TOKEN/v2/"
+run as_user env DOCKER_CONFIG="$T/auth/url" "$DPULL" -q "$REG_TOKEN/private/busybox" priv-url
+is "credentials saved under https://HOST/v2/ are found" "$? $(tail -1 "$TOKEN_LOG")" \
+	"0 alice repository:private/busybox:pull"
+auth_json "$T/auth/wrong/config.json" "$REG_TOKEN" alice:wrong
+is "a wrong password: one line naming HTTP 401, exit 1, no DIR" \
+	"$(expect_failure as_user busybox 'HTTP 401' env DOCKER_CONFIG="$T/auth/wrong" \
+		"$DPULL" -q "$REG_TOKEN/private/busybox")" ""
+auth_json "$T/auth/other/config.json" "127.0.0.1:1" alice:secret
+run as_user env DOCKER_CONFIG="$T/auth/other" "$DPULL" -q "$REG_TOKEN/busybox" tok-other
+is "credentials of another registry are not sent (anonymous token)" "$? $(tail -1 "$TOKEN_LOG")" \
+	"0 anonymous repository:busybox:pull"
+
+# --- auth: a registry with a Basic challenge (htpasswd) --------------------------------------
+start_basic_registry() {
+	local d=$T/registry-basic port pid
+	mkdir -p "$d/storage"
+	"$PYTHON" -W ignore -c 'import crypt
+print("alice:" + crypt.crypt("secret", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))' >"$d/htpasswd" || return 1
+	port=$(free_port)
+	_registry_config http "$d" "$port" >"$d/config.yml"
+	cat >>"$d/config.yml" <<EOF
+  tls:
+    certificate: $T/ca/server.pem
+    key: $T/ca/server.key
+auth:
+  htpasswd:
+    realm: d-utils-basic
+    path: $d/htpasswd
+EOF
+	/usr/bin/docker-registry serve "$d/config.yml" </dev/null >"$d/log" 2>&1 &
+	pid=$!
+	SERVER_PIDS+=("$pid")
+	_wait_http "https://127.0.0.1:$port/v2/" "$pid" --cacert "$T/ca/ca.pem" || return 1
+	REG_BASIC=127.0.0.1:$port
+	skopeo copy -q --preserve-digests --dest-cert-dir "$T/ca/certdir" --dest-creds alice:secret \
+		"$(fixture_ref busybox)" "docker://$REG_BASIC/busybox:latest" </dev/null
+}
+REG_BASIC=127.0.0.1:1
+ok "start a registry with Basic auth and push busybox" start_basic_registry
+is "Basic challenge without credentials: one line, HTTP 401, access denied, no DIR" \
+	"$(expect_failure as_user busybox "HTTP 401.*access denied|access denied.*HTTP 401" \
+		"$DPULL" -q "$REG_BASIC/busybox")" ""
+auth_json "$T/auth/basic/config.json" "$REG_BASIC" alice:secret
+run as_user env DOCKER_CONFIG="$T/auth/basic" "$DPULL" -q "$REG_BASIC/busybox" basic
+is "Basic challenge: the saved credentials pull" "$? $(line1 basic)" "0 $REG_BASIC/busybox:latest@$BUSYBOX"
+
+# --- cache: reuse, XDG_CACHE_HOME, pruning (the http registry's storage is changed) ---------
+c=$u/xdg
+LAYER_FILE=$(blob_path "$REG_STORAGE_HTTP" "$BUSYBOX_LAYER")
+run as_user env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" cache1
+is "XDG_CACHE_HOME: the layer is cached in \$XDG_CACHE_HOME/d-utils" "$? $(cache_list "$c/d-utils")" \
+	"0 $BUSYBOX_LAYER "
+mv "$LAYER_FILE" "$T/layer.saved"
+run as_user env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" cache2
+is "a cached layer is not downloaded again (the registry has lost it)" \
+	"$? $(sha256sum <"$u/cache2/rootfs/bin/busybox" 2>/dev/null)" "0 $BUSYBOX_SUM"
+is "  ... while a pull with an empty cache fails: HTTP 404, no DIR, no temp file" \
+	"$(expect_failure as_user cache3 'HTTP 404' env XDG_CACHE_HOME="$u/xdg-empty" \
+		"$DPULL" -q "$REG_HTTP/busybox" cache3)" ""
+mv "$T/layer.saved" "$LAYER_FILE"
+
+fake=$c/d-utils/sha256:$(printf '0%.0s' {1..64})
+young=$c/d-utils/sha256:$(printf '1%.0s' {1..64})
+touch -d '40 days ago' "$fake" "$c/d-utils/$BUSYBOX_LAYER"
+touch -d '20 days ago' "$young"
+chown 65534:65534 "$fake" "$young"
+run as_user env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" cache4
+is "prune: a file unused for 40 days is deleted, one of 20 days is kept" \
+	"$? $([ -e "$fake" ] && echo fake) $([ -e "$young" ] && echo young)" "0  young"
+is "prune: a used layer is touched, not pruned" \
+	"$(find "$c/d-utils/$BUSYBOX_LAYER" -mmin -60 2>/dev/null | wc -l)" 1
+
+# --- verification: corrupted blobs in the registry's storage -----------------------------------
+CONFIG=$(inspect_raw "$REG_HTTP" busybox | jq -r .config.digest)
+CONFIG_FILE=$(blob_path "$REG_STORAGE_HTTP" "$CONFIG")
+cp "$CONFIG_FILE" "$T/config.saved"
+printf X | dd of="$CONFIG_FILE" bs=1 seek=10 conv=notrunc 2>/dev/null
+is "a corrupted config blob: digest mismatch, exit 1, no DIR" \
+	"$(expect_failure as_user corrupt-config "$CONFIG: digest mismatch" \
+		env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" corrupt-config)" ""
+cp "$T/config.saved" "$CONFIG_FILE"
+
+cp "$LAYER_FILE" "$T/layer.saved"
+printf XXXXXXXX | dd of="$LAYER_FILE" bs=1 seek=100000 conv=notrunc 2>/dev/null
+for who in "${WHO[@]}"; do
+	home=$(user_home "$who")
+	is "$who: a corrupted layer: digest mismatch naming it, exit 1, no DIR, no temp file" \
+		"$(expect_failure "$who" corrupt "$BUSYBOX_LAYER: digest mismatch" \
+			env XDG_CACHE_HOME="$home/corrupt-cache" "$DPULL" -q "$REG_HTTP/busybox" corrupt)" ""
+	is "$who:   ... and the cache has no file of that digest" "$(cache_list "$home/corrupt-cache/d-utils")" ""
+done
+head -c 500000 "$T/layer.saved" >"$LAYER_FILE"
+is "a truncated layer: digest mismatch, no DIR, nothing cached" \
+	"$(expect_failure as_user corrupt "$BUSYBOX_LAYER: digest mismatch" \
+		env XDG_CACHE_HOME="$u/truncated-cache" "$DPULL" -q "$REG_HTTP/busybox" corrupt) $(cache_list "$u/truncated-cache/d-utils")" " "
+cp "$T/layer.saved" "$LAYER_FILE"
+
+# --- two pulls at once, killed pulls ---------------------------------------------------------
+parallel_round() { # N: two pulls of layers at once into one fresh cache
+	local c=$u/par-cache-$1 a b
+	as_user env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_TLS/layers" "par$1a" 2>"$T/par$1a.err" &
+	a=$!
+	as_user env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_TLS/layers" "par$1b" 2>"$T/par$1b.err" &
+	b=$!
+	wait "$a" || echo "round $1: first pull failed: $(cat "$T/par$1a.err")"
+	wait "$b" || echo "round $1: second pull failed: $(cat "$T/par$1b.err")"
+	[ "$(layers_tree "$u/par$1a/rootfs")" = "$LAYERS_TREE" ] || echo "round $1: first tree wrong"
+	[ "$(layers_tree "$u/par$1b/rootfs")" = "$LAYERS_TREE" ] || echo "round $1: second tree wrong"
+	[ "$(cache_list "$c/d-utils")" = "$LAYERS_LAYERS" ] || echo "round $1: cache: $(cache_list "$c/d-utils")"
+}
+out=$(cd "$u" && for i in 1 2 3 4; do parallel_round "$i"; done)
+is "two pulls of one image at once, one cache: both complete, each blob cached once, no temp file" "$out" ""
+
+killed=0
+for delay in 0 0.005 0.01 0.02 0.03 0.05 0.08; do
+	(cd "$u" && export HOME="$u" && exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+		env -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR XDG_CACHE_HOME="$u/kill-cache" "$DPULL" -q "$REG_TLS/layers" "killed-$delay") 2>/dev/null &
+	pid=$!
+	sleep "$delay"
+	kill -KILL "$pid" 2>/dev/null && killed=$((killed + 1))
+	wait "$pid" 2>/dev/null
+done
+diag "killed $killed pulls; left in the cache: $(cache_list "$u/kill-cache/d-utils")"
+run as_user env XDG_CACHE_HOME="$u/kill-cache" "$DPULL" -q "$REG_TLS/layers" after-kill
+is "after pulls killed with SIGKILL, a new pull with the same cache succeeds" \
+	"$? $(layers_tree "$u/after-kill/rootfs")" "0 $LAYERS_TREE"
+is "  ... and every cache file that has a digest name holds that digest" \
+	"$(cd "$u/kill-cache/d-utils" && for f in sha256:*; do
+		case $f in *.*) continue ;; esac
+		[ -e "$f" ] || continue
+		[ "sha256:$(sha256sum <"$f" | cut -c1-64)" = "$f" ] || echo "$f"
+	done)" ""
+
+# --- a token that expires in the middle of a pull ------------------------------------------
+# docker-registry accepts tokens up to 60 s after their exp: TOKEN_TTL=-59 makes tokens that
+# die at the next full second. Started just before a second boundary, a pull outlives its
+# first token and must get another one on the 401.
+stop_servers
+rm -f "$T/token/port"
+export TOKEN_TTL=-59
+ok "restart the token registry with tokens that live less than a second" start_registry token
+tok=$(curl -sf "$TOKEN_REALM?service=$TOKEN_SERVICE&scope=repository:layers:pull" | jq -r .token)
+sleep 1.1
+is "  ... (control: such a token is refused a second later)" \
+	"$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" -H "Accept: $ACCEPT" \
+		"https://$REG_TOKEN/v2/layers/manifests/latest")" 401
+failed="" renewed=0
+for try in 1 2 3 4 5 6; do
+	while [ "$(date +%N)" -lt 900000000 ]; do sleep 0.02; done
+	before=$(wc -l <"$TOKEN_LOG")
+	run as_user env XDG_CACHE_HOME="$u/ttl-cache-$try" "$DPULL" -q "$REG_TOKEN/layers" "ttl-$try" ||
+		failed+="try $try: $(err) "
+	[ "$(layers_tree "$u/ttl-$try/rootfs" 2>/dev/null)" = "$LAYERS_TREE" ] || failed+="try $try: wrong tree "
+	[ $(($(wc -l <"$TOKEN_LOG") - before)) -gt 1 ] && renewed=$((renewed + 1))
+	[ "$renewed" -ge 2 ] && break
+done
+is "pulls that outlive their token succeed" "$failed" ""
+ok "  ... and got a new token on the way ($renewed of $try pulls did)" test "$renewed" -gt 0
