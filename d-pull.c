@@ -92,7 +92,6 @@ static void parse_platform(const char *arg)
 {
 	static struct utsname u;
 	const char *arch;
-	regex_t re;
 	if (uname(&u))
 		err(1, "uname");
 	arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
@@ -100,8 +99,6 @@ static void parse_platform(const char *arg)
 	arch = getenv("GOARCH") ? getenv("GOARCH") : arch;
 	want = arg ? arg : xasprintf("%s/%s%s", getenv("GOOS") ? getenv("GOOS") : "linux", arch,
 		strcmp(arch, "arm") ? "" : "/v7");
-	if (regcomp(&re, "^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$", REG_EXTENDED | REG_NOSUB) || regexec(&re, want, 0, NULL, 0))
-		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
 
 /* what a user can do about an HTTP error */
@@ -132,8 +129,6 @@ static CURL *start(struct transfer *t)
 		getenv("SSL_CERT_FILE");
 	CURL *h = curl_easy_init();
 	int fd = t->layer ? open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644) : -1;
-	free(t->body);
-	t->body = NULL;
 	if (!(t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len)))
 		err(1, "%s", t->layer ? cache_path : "open_memstream");
 	if (!(t->md = t->md ? t->md : EVP_MD_CTX_new()) || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
@@ -309,13 +304,11 @@ static void connect_registry(void)
 	base_url = xasprintf("%s%s", t.url, ref.repo);
 }
 
-/* "os/arch[/variant]"; arm64 means arm64/v8 */
+/* "os/arch[/variant]" */
 static const char *platform_name(const cJSON *p)
 {
 	const char *os = json_string(p, "os", "platform"), *arch = json_string(p, "architecture", "platform");
 	const char *variant = json_string(p, "variant", "platform");
-	if (!variant && arch && !strcmp(arch, "arm64"))
-		variant = "v8";
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "", variant ? variant : "");
 }
 
@@ -371,19 +364,20 @@ static void write_config(const char *text, const char *what, char **platform)
 	write_file(xasprintf("%s/config.json", out_dir), O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
 }
 
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+/* rm -rf name below dirfd, never following a symlink, however deep; nothing there, or a file
+ * where a directory is named (a whiteout below a file), is no error */
+static void remove_tree(int dirfd, const char *name)
 {
-	(void)st, (void)type, (void)ftw;
-	if (remove(path) && errno != ENOENT)
-		err(1, "remove %s", path);
-	return 0;
-}
-
-/* rm -rf, never following a symlink; a whiteout below a file is a no-op */
-static void remove_tree(const char *path)
-{
-	if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT && errno != ENOTDIR)
-		err(1, "remove %s", path);
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			remove_tree(fd, de->d_name);
+	if (d)
+		closedir(d);
+	if (unlinkat(dirfd, name, d ? AT_REMOVEDIR : 0) && errno != ENOENT && errno != ENOTDIR)
+		err(1, "remove %s", name);
 }
 
 static int compare(const void *a, const void *b)
@@ -398,24 +392,22 @@ static int clear_lower(const char *path, const struct stat *st, int type, struct
 	(void)st, (void)type;
 	if (ftw->level == 0 || tfind(path + (strncmp(path, "./", 2) ? 0 : 2), &written, compare))
 		return FTW_CONTINUE;
-	remove_tree(path);
+	remove_tree(AT_FDCWD, path);
 	return FTW_SKIP_SUBTREE;
 }
 
 /* Whiteouts apply to lower layers only, wherever they stand in this layer's tar. */
 static void apply_whiteout(char *name, char *base)
 {
-	char *target;
-	if (base != name)
-		base[-1] = '\0';
-	if (!strcmp(base, ".wh..wh..opq")) {
-		nftw(base != name ? name : ".", clear_lower, 16, FTW_PHYS | FTW_ACTIONRETVAL);
+	if (strcmp(base, ".wh..wh..opq")) {
+		memmove(base, base + 4, strlen(base + 4) + 1);
+		if (!tfind(name, &written, compare))
+			remove_tree(AT_FDCWD, name);
 		return;
 	}
-	target = base != name ? xasprintf("%s/%s", name, base + 4) : xasprintf("%s", base + 4);
-	if (!tfind(target, &written, compare))
-		remove_tree(target);
-	free(target);
+	*(base == name ? base : base - 1) = '\0';
+	if (nftw(*name ? name : ".", clear_lower, 16, FTW_PHYS | FTW_ACTIONRETVAL) && errno != ENOENT && errno != ENOTDIR)
+		err(1, "%s", name);
 }
 
 /* One tar entry, as docker applies it: what stands at its name goes first unless both are
@@ -426,8 +418,10 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 	const char *p = archive_entry_pathname(e);
 	mode_t type = archive_entry_filetype(e), perm = archive_entry_perm(e) & ~(S_ISUID | S_ISGID);
 	char *name, *base;
+	const void *buf;
 	struct stat st;
-	size_t n;
+	size_t n, len;
+	la_int64_t off;
 	int r;
 	while (*p == '/' || (p[0] == '.' && (p[1] == '/' || !p[1])))
 		p += p[0] == '.' && p[1] == '/' ? 2 : 1;
@@ -447,12 +441,17 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 	/* unprivileged, the user must stay able to write and remove every directory */
 	archive_entry_set_perm(e, perm | (type == AE_IFDIR && rootless ? 0700 : 0));
 	if (*name && !lstat(name, &st) && !(S_ISDIR(st.st_mode) && type == AE_IFDIR))
-		remove_tree(name);
+		remove_tree(AT_FDCWD, name);
 	archive_entry_set_pathname(e, *name ? name : ".");
-	if ((r = archive_read_extract2(in, e, out)) < ARCHIVE_WARN)
+	if ((r = archive_write_header(out, e)) < ARCHIVE_WARN)
 		errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
 	if (r == ARCHIVE_WARN)
 		warnx("%s: %s: %s", digest, name, archive_error_string(out));
+	while ((r = archive_read_data_block(in, &buf, &len, &off)) == ARCHIVE_OK)
+		if (archive_write_data_block(out, buf, len, off) < ARCHIVE_OK)
+			errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
+	if (r != ARCHIVE_EOF || archive_write_finish_entry(out) < ARCHIVE_WARN)
+		errx(1, "%s: %s: %s", digest, name, archive_error_string(r != ARCHIVE_EOF ? in : out));
 	if (*(char **)tsearch(name, &written, compare) != name)
 		free(name);
 }
@@ -582,7 +581,7 @@ static void cleanup(void)
 		return;
 	if (extractor > 0 && !kill(extractor, SIGKILL))
 		waitpid(extractor, NULL, 0);
-	remove_tree(out_dir);
+	remove_tree(AT_FDCWD, out_dir);
 }
 
 static void pull(void)
@@ -617,8 +616,11 @@ static void pull(void)
 	if (mkdir(rootfs, 0755))
 		err(1, "mkdir %s", rootfs);
 	fetch_layers(start_extractor(rootfs));
-	if (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+	/* the extractor has said what went wrong, unless it was killed */
+	if (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status))
 		errx(1, "%s: unpacking failed", rootfs);
+	if (WEXITSTATUS(status))
+		exit(1);
 	extractor = 0;
 	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, &platform);
 	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL, xasprintf("%s\n%s\n", full_name, platform));
@@ -651,8 +653,6 @@ int main(int argc, char **argv)
 	parent = getpid();
 	atexit(cleanup);
 	open_cache();
-	if (curl_global_init(CURL_GLOBAL_DEFAULT))
-		errx(1, "curl_global_init failed");
 	load_credentials();
 	pull();
 	done = 1;

@@ -33,11 +33,6 @@ static void add(int n, ...)
 	va_end(ap);
 }
 
-static void add_word(const char *word)
-{
-	add(1, word);
-}
-
 static void add_env(const char *entry)
 {
 	char *key = xasprintf("%s", entry), *value = strchr(key, '=');
@@ -162,13 +157,14 @@ static const cJSON *member(const cJSON *config, const char *key, int (*is_type)(
 	return item;
 }
 
-static void add_strings(const cJSON *config, const char *key, void (*add_one)(const char *))
+/* Env entries, or words of the command */
+static void add_strings(const cJSON *config, const char *key, int env)
 {
 	const cJSON *s;
 	cJSON_ArrayForEach(s, member(config, key, cJSON_IsArray, "a list of strings")) {
 		if (!cJSON_IsString(s))
 			errx(1, "%s/config.json: \"%s\" is not a list of strings", dir, key);
-		add_one(s->valuestring);
+		env ? add_env(s->valuestring) : add(1, s->valuestring);
 	}
 }
 
@@ -211,16 +207,6 @@ static void print_command(void)
 	fputc('\n', stderr);
 }
 
-/* A 32-bit image (linux/386, linux/arm) runs with the 32-bit personality, as setarch gives. */
-static void set_personality(void)
-{
-	char *text = read_file_at(dir_fd, "image.txt", MAX_FILE, 0), *platform;
-	platform = text && strchr(text, '\n') ? strchr(text, '\n') + 1 : "";
-	if ((!strncmp(platform, "linux/386\n", 10) || !strncmp(platform, "linux/arm/", 10)) &&
-	    personality(PER_LINUX32) < 0)
-		err(1, "personality");
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -229,19 +215,18 @@ int main(int argc, char **argv)
 		{ "net", no_argument, NULL, 'n' }, { "rw", no_argument, NULL, 'w' },
 		{ "fakeroot", no_argument, NULL, 'r' }, { "debug", no_argument, NULL, 'd' }, { NULL, 0, NULL, 0 },
 	};
-	const char **opt_volumes = xrealloc(NULL, argc * sizeof(char *)), **opt_env = xrealloc(NULL, argc * sizeof(char *));
+	cJSON *config, *opts = cJSON_CreateObject(), *env = cJSON_AddArrayToObject(opts, "Env");
+	cJSON *vols = cJSON_AddObjectToObject(opts, "Volumes"), *v;
 	const char *user = NULL, *home = "/", *workdir, *hostname;
-	int nvolumes = 0, nenv = 0, net = 0, rw = 0, debug = 0, command, c, i;
-	cJSON *config;
+	int net = 0, rw = 0, debug = 0, command, c;
 	char *text;
-
 	while ((c = getopt_long(argc, argv, "+hv:e:u:nwr", options, NULL)) != -1)
 		switch (c) {
 		case 'h': usage(0); break;
-		case 'v': opt_volumes[nvolumes++] = optarg; break;
-		case 'e': opt_env[nenv++] = optarg; break;
+		case 'v': cJSON_AddItemToObject(vols, optarg, cJSON_CreateObject()); break;
+		case 'e': cJSON_AddItemToArray(env, cJSON_CreateString(optarg)); break;
 		case 'u': user = optarg; break;
-		case 'r': user = "0"; break;
+		case 'r': user = "0"; break; /* xi/d-utils' fakeroot; root is also the default, as in docker */
 		case 'n': net = 1; break;
 		case 'w': rw = 1; break;
 		case 'd': debug = 1; break;
@@ -260,15 +245,13 @@ int main(int argc, char **argv)
 	config = parse_object(text, xasprintf("%s/config.json", dir));
 	net |= cJSON_IsTrue(member(config, "net", cJSON_IsBool, "true or false"));
 	rw |= cJSON_IsTrue(member(config, "rw", cJSON_IsBool, "true or false"));
-	/* xi/d-utils' fakeroot is root, which is also docker's default */
 	user = user ? user : json_string(config, "User", "config.json");
 	workdir = json_string(config, "WorkingDir", "config.json");
 	workdir = workdir && *workdir ? workdir : "/";
 	hostname = json_string(config, "Hostname", "config.json");
-	add(7, "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", rw ? "--bind" : "--ro-bind",
-		xasprintf("%s/rootfs", dir), "/");
-	add(6, "--proc", mount_point(root_fd, "/proc", 0), "--dev", mount_point(root_fd, "/dev", 0),
-		"--tmpfs", mount_point(root_fd, "/tmp", 0));
+	add(13, "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", rw ? "--bind" : "--ro-bind",
+		xasprintf("%s/rootfs", dir), "/", "--proc", mount_point(root_fd, "/proc", 0),
+		"--dev", mount_point(root_fd, "/dev", 0), "--tmpfs", mount_point(root_fd, "/tmp", 0));
 	/* the host's resolv.conf is often a symlink: bind what it points to */
 	if (net)
 		add(7, "--share-net", "--ro-bind", realpath("/etc/resolv.conf", NULL),
@@ -276,32 +259,33 @@ int main(int argc, char **argv)
 			mount_point(root_fd, "/etc/hosts", 1));
 	if (hostname && *hostname)
 		add(2, "--hostname", hostname);
-	add_user(user && *user ? user : "0:0", &home);
+	add_user(user && *user ? user : "0", &home);
 	add(3, "--chdir", mount_point(root_fd, workdir, 0), "--clearenv");
 	add_env(xasprintf("PATH=%s", path_env));
 	add_env(xasprintf("HOME=%s", home));
 	if (isatty(0) && getenv("TERM"))
 		add_env(xasprintf("TERM=%s", getenv("TERM")));
-	add_strings(config, "Env", add_env);
-	for (i = 0; i < nenv; i++)
-		add_env(opt_env[i]);
-	cJSON *v;
-	cJSON_ArrayForEach(v, member(config, "Volumes", cJSON_IsObject, "an object"))
-		add_volume(v->string);
-	for (i = 0; i < nvolumes; i++)
-		add_volume(opt_volumes[i]);
+	/* the image's Env and Volumes, then the options' */
+	for (int i = 0; i < 2; i++) {
+		add_strings(i ? opts : config, "Env", 1);
+		cJSON_ArrayForEach(v, member(i ? opts : config, "Volumes", cJSON_IsObject, "an object"))
+			add_volume(v->string);
+	}
 	add(1, "--");
 	command = nargs;
-	add_strings(config, "Entrypoint", add_word);
-	if (optind < argc)
-		while (optind < argc)
-			add(1, argv[optind++]);
-	else
-		add_strings(config, "Cmd", add_word);
+	add_strings(config, "Entrypoint", 0);
+	if (optind == argc)
+		add_strings(config, "Cmd", 0);
+	while (optind < argc)
+		add(1, argv[optind++]);
 	if (command == nargs)
 		errx(1, "%s: no command: config.json has no Entrypoint or Cmd, so name one", dir);
 	check_command(args[command], workdir);
-	set_personality();
+	/* a 32-bit image (linux/386, linux/arm) runs with the 32-bit personality, as setarch gives */
+	text = read_file_at(dir_fd, "image.txt", MAX_FILE, 0);
+	text = text && strchr(text, '\n') ? strchr(text, '\n') + 1 : "";
+	if ((!strncmp(text, "linux/386\n", 10) || !strncmp(text, "linux/arm/", 10)) && personality(PER_LINUX32) < 0)
+		err(1, "personality");
 	if (debug)
 		print_command();
 	/* nothing of ours, nor anything our caller leaked to us, reaches the sandbox */
