@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <search.h>
 #include <signal.h>
 #include <sys/utsname.h>
@@ -27,7 +28,7 @@
 struct transfer {
 	char *url, digest[DIGEST_LEN + 1]; /* what the body must hash to; filled in if empty */
 	const char *auth;                  /* for a request that is not the registry's */
-	int registry, layer, tries, done;  /* registry: Accept manifests, renew the token on a 401 */
+	int registry, layer, tries;        /* registry: Accept manifests, renew the token on a 401 */
 	char *body, *challenge;
 	size_t len;
 	FILE *out;
@@ -45,12 +46,7 @@ static struct transfer *layers;
 static void *written; /* the names the layer being unpacked wrote, which its whiteouts spare */
 static pid_t parent, extractor;
 
-static void usage(int status)
-{
-	fprintf(status ? stderr : stdout, "usage: d-pull [-h] [-q] [--platform OS/ARCH[/VARIANT]] "
-		"[registry/]name[:tag|@digest] [DIR]\n");
-	exit(status);
-}
+static const char usage[] = "usage: d-pull [-h] [-q] [--platform OS/ARCH[/VARIANT]] [registry/]name[:tag|@digest] [DIR]";
 
 static int valid_digest(const char *d)
 {
@@ -125,8 +121,7 @@ static CURL *start(struct transfer *t)
 	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
 		"application/vnd.docker.distribution.manifest.list.v2+json, "
 		"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-	const char *a = t->registry ? auth : t->auth, *ca = getenv("CURL_CA_BUNDLE") ? getenv("CURL_CA_BUNDLE") :
-		getenv("SSL_CERT_FILE");
+	const char *a = t->registry ? auth : t->auth, *ca = getenv("CURL_CA_BUNDLE");
 	CURL *h = curl_easy_init();
 	int fd = t->layer ? open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644) : -1;
 	if (!(t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len)))
@@ -146,7 +141,7 @@ static CURL *start(struct transfer *t)
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
-	if (ca)
+	if (ca || (ca = getenv("SSL_CERT_FILE")))
 		curl_easy_setopt(h, CURLOPT_CAINFO, ca);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
@@ -193,7 +188,7 @@ static int finish(struct transfer *t, CURL *h, CURLcode rc)
 		err(1, "%s/%s", cache_path, t->digest);
 	if (fclose(t->out))
 		err(1, "%s", t->url);
-	return t->done = 1, 0;
+	return 0;
 }
 
 static void get(struct transfer *t)
@@ -234,7 +229,6 @@ static void authenticate(const char *challenge)
 	struct transfer t = { .auth = basic };
 	const char *token;
 	cJSON *json;
-	free(auth);
 	auth = NULL;
 	if (!strncasecmp(challenge, "Basic", 5)) {
 		auth = basic;
@@ -272,7 +266,6 @@ static char *find_credentials(const char *file)
 			found = xasprintf("%s", json_string(e, "auth", file));
 	}
 	cJSON_Delete(json);
-	free(text);
 	return found;
 }
 
@@ -294,13 +287,11 @@ static void connect_registry(void)
 	int insecure = !strncmp(r, "127.", 4) || !strncmp(r, "[::1]", 5) || !strcmp(r, "localhost") ||
 		!strncmp(r, "localhost:", 10);
 	CURL *h = start(&t);
-	for (const char *p = list; p && (p = strstr(p, r)); p += strlen(r))
-		insecure |= (p == list || p[-1] == ',') && strchr(",", p[strlen(r)]);
+	insecure |= list && strstr(xasprintf(",%s,", list), xasprintf(",%s,", r));
 	curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);
 	if (insecure && curl_easy_perform(h) != CURLE_OK)
 		t.url = xasprintf("http://%s/v2/", ref.host);
 	curl_easy_cleanup(h);
-	fclose(t.out);
 	base_url = xasprintf("%s%s", t.url, ref.repo);
 }
 
@@ -456,13 +447,11 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 		free(name);
 }
 
-static void extract_layer(const char *digest)
+static void extract_layer(int fd, const char *digest)
 {
 	struct archive *in = archive_read_new(), *out = archive_write_disk_new();
-	int fd = openat(cache_fd, digest, O_RDONLY | O_CLOEXEC), r;
 	struct archive_entry *e;
-	if (fd < 0)
-		err(1, "%s", digest);
+	int r;
 	archive_read_support_filter_all(in);
 	archive_read_support_format_tar(in);
 	archive_read_support_format_empty(in);
@@ -481,19 +470,19 @@ static void extract_layer(const char *digest)
 	close(fd);
 }
 
-/* The child unpacks layer i once the parent writes its i-th byte, so unpacking overlaps
- * downloads. Unprivileged, a user namespace that maps only ourselves grants the chroot. */
-static int start_extractor(const char *rootfs)
+/* A child chrooted into the rootfs unpacks each layer as soon as it has its name in the cache,
+ * while later ones still download. Unprivileged, a user namespace that maps only ourselves
+ * grants the chroot. */
+static void start_extractor(const char *rootfs)
 {
 	uid_t uid = getuid();
 	gid_t gid = getgid();
-	int p[2], i;
-	char c;
-	if (pipe2(p, O_CLOEXEC) || (extractor = fork()) < 0)
+	int fd;
+	if ((extractor = fork()) < 0)
 		err(1, "fork");
 	if (extractor)
-		return close(p[0]), p[1];
-	close(p[1]);
+		return;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (rootless && unshare(CLONE_NEWUSER))
 		err(1, "unshare a user namespace");
 	if (rootless) {
@@ -503,51 +492,60 @@ static int start_extractor(const char *rootfs)
 	}
 	if (chroot(rootfs) || chdir("/"))
 		err(1, "chroot %s", rootfs);
-	for (i = 0; i < nlayers && read(p[0], &c, 1) == 1; i++)
-		extract_layer(layers[i].digest);
-	_exit(i == nlayers ? 0 : 1);
+	for (int i = 0; i < nlayers; i++) {
+		while ((fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 && errno == ENOENT)
+			usleep(10000);
+		if (fd < 0)
+			err(1, "%s/%s", cache_path, layers[i].digest);
+		extract_layer(fd, layers[i].digest);
+	}
+	_exit(0);
 }
 
-/* Downloads the missing layers, a few at once, and hands each to the extractor as soon as it
- * and all below it are in the cache; stops early if the extractor fails. */
-static void fetch_layers(int notify)
+/* Downloads the missing layers, a few at once; stops early if the extractor fails. */
+static void fetch_layers(void)
 {
 	CURLM *multi = curl_multi_init();
-	int next = 0, running, left, status, tty = !quiet && isatty(2);
+	int pending = 0, running, left, tty = !quiet && isatty(2);
 	time_t begin = time(NULL);
+	siginfo_t child = { 0 };
 	curl_off_t bytes;
 	struct transfer *t;
 	CURLMsg *msg;
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
 	for (t = layers; t < layers + nlayers; t++) {
 		/* touched on use: the cache keeps what was used in the last 30 days */
-		if (!(t->done = !utimensat(cache_fd, t->digest, NULL, 0)) && errno != ENOENT)
+		if (!utimensat(cache_fd, t->digest, NULL, 0))
+			continue;
+		if (errno != ENOENT)
 			err(1, "%s/%s", cache_path, t->digest);
-		if (!t->done)
-			curl_multi_add_handle(multi, start(t));
+		pending++;
+		curl_multi_add_handle(multi, start(t));
 	}
-	while (next < nlayers && !waitpid(extractor, &status, WNOHANG)) {
-		for (; next < nlayers && layers[next].done && write(notify, "", 1) == 1; next++)
-			if (!quiet && !tty)
-				warnx("%s: unpacking", layers[next].digest);
+	/* WNOWAIT: pull() reaps the extractor */
+	while (pending && !waitid(P_PID, extractor, &child, WEXITED | WNOHANG | WNOWAIT) && !child.si_pid) {
 		curl_multi_perform(multi, &running);
 		while ((msg = curl_multi_info_read(multi, &left))) {
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
 			curl_multi_remove_handle(multi, msg->easy_handle);
-			if (finish(t, msg->easy_handle, msg->data.result))
+			if (finish(t, msg->easy_handle, msg->data.result)) {
 				curl_multi_add_handle(multi, start(t));
+				continue;
+			}
+			pending--;
+			if (!quiet && !tty)
+				warnx("%s: downloaded, %.1f MB", t->digest, t->bytes / 1e6);
 		}
-		for (bytes = 0, t = layers; tty && t < layers + nlayers; t++)
+		for (bytes = 0, t = layers; t < layers + nlayers; t++)
 			bytes += t->bytes;
 		if (tty)
-			fprintf(stderr, "\r\033[K%s: %d of %d layers unpacked, %.1f MB downloaded, %.1f MB/s",
-				program_invocation_short_name, next, nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - begin + 1));
-		if (next < nlayers && !layers[next].done)
+			fprintf(stderr, "\r\033[K%s: %d of %d layers to download, %.1f MB done, %.1f MB/s",
+				program_invocation_short_name, pending, nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - begin + 1));
+		if (pending)
 			curl_multi_poll(multi, NULL, 0, 1000, NULL);
 	}
 	if (tty)
 		fputc('\n', stderr);
-	close(notify);
 }
 
 /* Opens the cache, made if missing, and removes what was not used for 30 days there; a failure
@@ -615,7 +613,8 @@ static void pull(void)
 		warnx("pulling %s into %s", full_name, out_dir);
 	if (mkdir(rootfs, 0755))
 		err(1, "mkdir %s", rootfs);
-	fetch_layers(start_extractor(rootfs));
+	start_extractor(rootfs);
+	fetch_layers();
 	/* the extractor has said what went wrong, unless it was killed */
 	if (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status))
 		errx(1, "%s: unpacking failed", rootfs);
@@ -630,19 +629,21 @@ int main(int argc, char **argv)
 {
 	static const struct option options[] = {
 		{ "help", no_argument, NULL, 'h' }, { "quiet", no_argument, NULL, 'q' },
-		{ "platform", required_argument, NULL, 'p' }, { NULL, 0, NULL, 0 },
+		{ "platform", required_argument, NULL, 'p' }, { NULL, 0, NULL, 0 }
 	};
 	const char *platform = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
-		if (c == 'h' || c == '?')
-			usage(c == 'h' ? 0 : 2);
+		if (c == 'h')
+			return puts(usage) == EOF;
+		else if (c == '?')
+			errx(2, "%s", usage);
 		else if (c == 'q')
 			quiet = 1;
 		else
 			platform = optarg;
 	if (argc - optind < 1 || argc - optind > 2)
-		usage(2);
+		errx(2, "%s", usage);
 	parse_ref(argv[optind]);
 	parse_platform(platform);
 	out_dir = argv[optind + 1] ? argv[optind + 1] : strrchr(ref.repo, '/') ? strrchr(ref.repo, '/') + 1 : ref.repo;

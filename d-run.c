@@ -14,12 +14,8 @@
 static const char **args, *dir, *path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 static int nargs, dir_fd, root_fd, volumes;
 
-static void usage(int status)
-{
-	fprintf(status ? stderr : stdout, "usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] "
-		"[-n|--net] [-w|--rw] [--debug] DIR [CMD...]\n");
-	exit(status);
-}
+static const char usage[] = "usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] [-n|--net] [-w|--rw] "
+	"[--debug] DIR [CMD...]";
 
 /* Appends n arguments to bwrap's argv. */
 static void add(int n, ...)
@@ -222,7 +218,7 @@ int main(int argc, char **argv)
 	char *text;
 	while ((c = getopt_long(argc, argv, "+hv:e:u:nwr", options, NULL)) != -1)
 		switch (c) {
-		case 'h': usage(0); break;
+		case 'h': return puts(usage) == EOF;
 		case 'v': cJSON_AddItemToObject(vols, optarg, cJSON_CreateObject()); break;
 		case 'e': cJSON_AddItemToArray(env, cJSON_CreateString(optarg)); break;
 		case 'u': user = optarg; break;
@@ -230,10 +226,10 @@ int main(int argc, char **argv)
 		case 'n': net = 1; break;
 		case 'w': rw = 1; break;
 		case 'd': debug = 1; break;
-		default: usage(2);
+		default: errx(2, "%s", usage);
 		}
 	if (optind >= argc)
-		usage(2);
+		errx(2, "%s", usage);
 	dir = argv[optind++];
 	if ((dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 || !(dir = realpath(dir, NULL)))
 		err(1, "%s", argv[optind - 1]);

@@ -71,9 +71,9 @@ auth_json() {
 run as_user "$DPULL" -h
 is "-h: usage on stdout, exit 0, nothing on stderr" "$? $(head -c 13 "$T/out")|$(err)" "0 usage: d-pull|"
 run as_user "$DPULL"
-like "no argument: usage on stderr, exit 2" "$? $(err)" '^2 usage: d-pull'
+like "no argument: usage on stderr, exit 2" "$? $(err)" '^2 .*usage: d-pull'
 run as_user "$DPULL" a b c
-like "three arguments: usage error, exit 2" "$? $(err)" '^2 usage: d-pull'
+like "three arguments: usage error, exit 2" "$? $(err)" '^2 .*usage: d-pull'
 run as_user "$DPULL" --bogus 127.0.0.1:1/busybox
 like "unknown option: usage error, exit 2" "$? $(err)" '^2 .*usage: d-pull'
 
