@@ -88,6 +88,7 @@ static void parse_platform(const char *arg)
 {
 	static struct utsname u;
 	const char *arch;
+	regex_t re;
 	if (uname(&u))
 		err(1, "uname");
 	arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
@@ -95,6 +96,8 @@ static void parse_platform(const char *arg)
 	arch = getenv("GOARCH") ? getenv("GOARCH") : arch;
 	want = arg ? arg : xasprintf("%s/%s%s", getenv("GOOS") ? getenv("GOOS") : "linux", arch,
 		strcmp(arch, "arm") ? "" : "/v7");
+	if (regcomp(&re, "^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$", REG_EXTENDED | REG_NOSUB) || regexec(&re, want, 0, NULL, 0))
+		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
 
 /* what a user can do about an HTTP error */
@@ -289,7 +292,8 @@ static void connect_registry(void)
 	CURL *h = start(&t);
 	insecure |= list && strstr(xasprintf(",%s,", list), xasprintf(",%s,", r));
 	curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);
-	if (insecure && curl_easy_perform(h) != CURLE_OK)
+	/* a server that does not speak TLS; a certificate that does not verify is an error */
+	if (insecure && curl_easy_perform(h) == CURLE_SSL_CONNECT_ERROR)
 		t.url = xasprintf("http://%s/v2/", ref.host);
 	curl_easy_cleanup(h);
 	base_url = xasprintf("%s%s", t.url, ref.repo);

@@ -43,14 +43,12 @@ static void add_env(const char *entry)
 	add(3, "--setenv", key, value);
 }
 
+/* a magic link's target has no symlink left to follow */
 static char *fd_path(int fd)
 {
-	char link[32], *path = xrealloc(NULL, PATH_MAX);
-	ssize_t n;
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	if ((n = readlink(link, path, PATH_MAX - 1)) < 0)
-		err(1, "%s", link);
-	path[n] = '\0';
+	char *path = realpath(xasprintf("/proc/self/fd/%d", fd), NULL);
+	if (!path)
+		err(1, "/proc/self/fd/%d", fd);
 	return path;
 }
 
@@ -98,29 +96,23 @@ static int find_entry(char *text, const char *key, char **field, int nfields)
 	return 0;
 }
 
-static const char *parse_id(const char *s, const char *what)
-{
-	char *end;
-	errno = 0;
-	if (strtoul(s, &end, 10) >= 0xffffffffUL || errno || !*s || *end)
-		errx(1, "%s: no such %s in %s/rootfs/etc/%s", s, what, dir, *what == 'u' ? "passwd" : "group");
-	return s;
-}
-
 /* User is name, uid, name:group or uid:gid, looked up in the image's files, never the host's. */
 static void add_user(const char *spec, const char **home)
 {
-	char *user = xasprintf("%s", spec), *group = strchr(user, ':'), *f[7], *text;
-	const char *uid = user, *gid = "0";
+	char *user = xasprintf("%s", spec), *group = strchr(user, ':'), *f[7], *text, *end;
+	const char *ids[2] = { user, "0" };
 	if (group)
 		*group++ = '\0';
 	text = read_file_at(root_fd, "/etc/passwd", MAX_FILE, IN_ROOT);
 	if (text && find_entry(text, user, f, 7))
-		uid = f[2], gid = f[3], *home = f[5];
+		ids[0] = f[2], ids[1] = f[3], *home = f[5];
 	text = group ? read_file_at(root_fd, "/etc/group", MAX_FILE, IN_ROOT) : NULL;
 	if (group)
-		gid = text && find_entry(text, group, f, 4) ? f[2] : group;
-	add(4, "--uid", parse_id(uid, "user"), "--gid", parse_id(gid, "group"));
+		ids[1] = text && find_entry(text, group, f, 4) ? f[2] : group;
+	for (int i = 0; i < 2; i++)
+		if (!*ids[i] || strtoul(ids[i], &end, 10) >= 0xffffffffUL || *end)
+			errx(1, "%s: no such %s in %s/rootfs/etc/%s", ids[i], i ? "group" : "user", dir, i ? "group" : "passwd");
+	add(4, "--uid", ids[0], "--gid", ids[1]);
 }
 
 /* /path keeps its data in DIR/volumes/path; host:/path[:ro|:rw] binds a host path, a device under /dev. */

@@ -3,7 +3,8 @@
 # d-run: the image's config (command, environment, user, working directory, hostname,
 # volumes) in a bubblewrap sandbox that isolates, stays ephemeral and never touches the
 # host through the image's symlinks; bad input; a CI-style build job. As root and unprivileged.
-# shellcheck source-path=SCRIPTDIR source=lib.sh
+# Scripts for the sandbox's shell are single-quoted on purpose:
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
 SUITE_TESTS=87
@@ -70,7 +71,7 @@ fds_seen() {
 suite() {
 	WHO=$1
 	H=$(user_home "$WHO")
-	local me=${WHO#as_} out err rc line before after pid i host_if n uid
+	local me=${WHO#as_} out line before after pid i host_if n uid bg
 	uid=0
 	[ "$WHO" = as_user ] && uid=65534
 
@@ -96,9 +97,7 @@ suite() {
 	is "$me: non-executable file found in PATH: exit 126" "$(status drun "$H/user" notexec)" 126
 	is "$me: exit status is the command's" "$(status drun "$H/box" sh -c 'exit 7')" 7
 	is "$me: exit status 0 is passed through" "$(status drun "$H/box" true)" 0
-	# shellcheck disable=SC2016 # for the inner shell
 	is "$me: killed by SIGTERM: exit 143" "$(status drun "$H/box" sh -c 'kill -TERM $$')" 143
-	# shellcheck disable=SC2016
 	is "$me: killed by SIGKILL: exit 137" "$(status drun "$H/box" sh -c 'kill -KILL $$')" 137
 	is "$me: stdin passes through (echo hi | d-run box cat)" "$(echo hi | drun "$H/box" cat)" hi
 	drun "$H/box" sh -c 'echo out; echo err >&2' >"$T/out" 2>"$T/err"
@@ -166,7 +165,6 @@ suite() {
 	like "$me: -v host:/path:ro binds read-only" "$out" $'^host-data\n.*Read-only file system\n1$'
 	ok "$me: ... nothing written on the host" test ! -e "$H/hv/out"
 	is "$me: -v host-file:/path binds one file" "$(drun -v "$H/hv/in:/etc/in.txt:ro" "$H/box" cat /etc/in.txt)" host-data
-	# shellcheck disable=SC2016
 	is "$me: -v /dev/... is a device bind" \
 		"$(drun -v /dev/zero:/mnt/zero -v /dev/null:/mnt/null "$H/box" sh -c 'echo x >/mnt/null && head -c 3 /mnt/zero | od -An -tx1')" \
 		" 00 00 00"
@@ -251,6 +249,7 @@ suite() {
 	# --die-with-parent: kill the caller of d-run, the command must go
 	rm -f "$H/parent.pid"
 	"$WHO" sh -c 'echo $$ >"$1"; "$2" "$3" sleep 3'"$uid"'7 & wait' sh "$H/parent.pid" "$DRUN" "$H/box" &
+	bg=$!
 	for ((i = 0; i < 50; i++)); do
 		pgrep -f "^sleep 3${uid}7\$" >/dev/null && break
 		sleep 0.05
@@ -263,13 +262,14 @@ suite() {
 	pid=$(pgrep -f "^sleep 3${uid}7\$")
 	is "$me: the command dies with d-run's parent (--die-with-parent)" "$pid" ""
 	[ -z "$pid" ] || kill "$pid"
-	wait
+	wait "$bg"
 
 	# --- ephemeral and shared -------------------------------------------------------------
 	before=$(tree_of "$H/box/rootfs")
 	drun "$H/box" sh -c 'touch /tmp/a; sleep 0.5; ls /tmp' >"$T/eph-a" &
-	drun "$H/box" sh -c 'touch /tmp/b; sleep 0.5; ls /tmp' >"$T/eph-b" &
-	wait
+	bg=$!
+	drun "$H/box" sh -c 'touch /tmp/b; sleep 0.5; ls /tmp' >"$T/eph-b"
+	wait "$bg"
 	is "$me: two runs at once on one DIR have their own /tmp" "$(cat "$T/eph-a") $(cat "$T/eph-b")" "a b"
 	drun "$H/box" sh -c 'echo x >/tmp/left'
 	is "$me: /tmp does not survive the run" "$(drun "$H/box" ls -A /tmp)" ""
@@ -298,7 +298,6 @@ suite() {
 	printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'builder:x:4242:4242:CI builder:/home/builder:/bin/sh' >"$H/ci/passwd"
 	printf '%s\n' 'root:x:0:' 'builder:x:4242:' >"$H/ci/group"
 	echo "build input" >"$H/ci/home/input.txt"
-	# shellcheck disable=SC2016 # for the build script
 	printf '%s\n' '[ "$(id -u):$(id -g) $(id -un) $HOME" = "4242:4242 builder /home/builder" ] || exit 10' \
 		'[ "$(cat ~/input.txt)" = "build input" ] || exit 11' \
 		'touch ~/out 2>/dev/null && exit 12' 'cd ~ && pwd >/tmp/pwd && [ "$(cat /tmp/pwd)" = /home/builder ] || exit 13' \
