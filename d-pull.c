@@ -117,8 +117,7 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
 }
 
-/* (Re)starts a transfer from scratch. A layer goes to an O_TMPFILE file: a pull killed at
- * any moment leaves nothing in the cache. */
+/* (Re)starts a transfer; a layer goes to an O_TMPFILE file, so a killed pull leaves nothing. */
 static CURL *start(struct transfer *t)
 {
 	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
@@ -252,34 +251,27 @@ static void authenticate(const char *challenge)
 	cJSON_Delete(json);
 }
 
-/* Auth files name a registry "host", "https://host/..." or "https://index.docker.io/v1/". */
-static char *find_credentials(const char *file)
-{
-	char *text = file ? read_file_at(AT_FDCWD, file, MAX_BODY, 0) : NULL, *found = NULL;
-	cJSON *json = text ? parse_object(text, file) : NULL;
-	const cJSON *e;
-	const char *k;
-	size_t n;
-	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(json, "auths")) {
-		k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
-		n = strcspn(k, "/");
-		if ((n == 15 && !strncmp(k, "index.docker.io", n)) || (n == 20 && !strncmp(k, "registry-1.docker.io", n)))
-			k = "docker.io", n = 9;
-		if (!found && strlen(ref.registry) == n && !strncmp(k, ref.registry, n) && json_string(e, "auth", file))
-			found = xasprintf("%s", json_string(e, "auth", file));
-	}
-	cJSON_Delete(json);
-	return found;
-}
-
-/* podman's auth.json, then docker's config.json, as podman reads them */
+/* The first of podman's and docker's auth files with an entry for the registry, as podman reads
+ * them. They name it "host", "https://host/..." or, for Docker Hub, "https://index.docker.io/v1/". */
 static void load_credentials(void)
 {
-	const char *run = getenv("XDG_RUNTIME_DIR"), *docker = getenv("DOCKER_CONFIG"), *home = getenv("HOME");
+	const char *run = getenv("XDG_RUNTIME_DIR"), *docker = getenv("DOCKER_CONFIG"), *home = getenv("HOME"), *k;
 	char *files[] = { getenv("REGISTRY_AUTH_FILE"), run ? xasprintf("%s/containers/auth.json", run) : NULL,
 		docker ? xasprintf("%s/config.json", docker) : home ? xasprintf("%s/.docker/config.json", home) : NULL };
-	for (size_t i = 0; i < sizeof(files) / sizeof(*files) && !credentials; i++)
-		credentials = find_credentials(files[i]);
+	const cJSON *e;
+	cJSON *json;
+	size_t n;
+	for (size_t i = 0; i < sizeof(files) / sizeof(*files) && !credentials; i++) {
+		json = files[i] && (k = read_file_at(AT_FDCWD, files[i], MAX_BODY, 0)) ? parse_object(k, files[i]) : NULL;
+		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(json, "auths")) {
+			k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
+			n = strcspn(k, "/");
+			if ((n == 15 && !strncmp(k, "index.docker.io", n)) || (n == 20 && !strncmp(k, "registry-1.docker.io", n)))
+				k = "docker.io", n = 9;
+			if (!credentials && strlen(ref.registry) == n && !strncmp(k, ref.registry, n))
+				credentials = (char *)json_string(e, "auth", files[i]);
+		}
+	}
 }
 
 /* HTTPS; plain HTTP where HTTPS fails on a loopback registry (as docker) or one in $D_PULL_INSECURE */
@@ -506,13 +498,12 @@ static void start_extractor(const char *rootfs)
 	_exit(0);
 }
 
-/* Downloads the missing layers, a few at once; stops early if the extractor fails. */
+/* Downloads the missing layers, a few at once. */
 static void fetch_layers(void)
 {
 	CURLM *multi = curl_multi_init();
 	int pending = 0, running, left, tty = !quiet && isatty(2);
 	time_t begin = time(NULL);
-	siginfo_t child = { 0 };
 	curl_off_t bytes;
 	struct transfer *t;
 	CURLMsg *msg;
@@ -526,8 +517,7 @@ static void fetch_layers(void)
 		pending++;
 		curl_multi_add_handle(multi, start(t));
 	}
-	/* WNOWAIT: pull() reaps the extractor */
-	while (pending && !waitid(P_PID, extractor, &child, WEXITED | WNOHANG | WNOWAIT) && !child.si_pid) {
+	while (pending) {
 		curl_multi_perform(multi, &running);
 		while ((msg = curl_multi_info_read(multi, &left))) {
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
@@ -552,8 +542,7 @@ static void fetch_layers(void)
 		fputc('\n', stderr);
 }
 
-/* Opens the cache, made if missing, and removes what was not used for 30 days there; a failure
- * to remove only warns, as it does not stop the pull. */
+/* Opens the cache and removes what was not used for 30 days; that only warns if it fails. */
 static void open_cache(void)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");

@@ -227,9 +227,8 @@ int main(int argc, char **argv)
 		err(1, "%s", argv[optind - 1]);
 	if ((root_fd = openat(dir_fd, "rootfs", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s/rootfs", dir);
-	errno = ENOENT;
 	if (!(text = read_file_at(dir_fd, "config.json", MAX_FILE, 0)))
-		err(1, "%s/config.json", dir);
+		errx(1, "%s/config.json: missing", dir);
 	config = parse_object(text, xasprintf("%s/config.json", dir));
 	net |= cJSON_IsTrue(member(config, "net", cJSON_IsBool, "true or false"));
 	rw |= cJSON_IsTrue(member(config, "rw", cJSON_IsBool, "true or false"));

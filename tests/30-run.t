@@ -7,8 +7,8 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-SUITE_TESTS=87
-plan $((2 * SUITE_TESTS + 16))
+SUITE_TESTS=103
+plan $((2 * SUITE_TESTS + 18))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -103,7 +103,8 @@ suite() {
 	drun "$H/box" sh -c 'echo out; echo err >&2' >"$T/out" 2>"$T/err"
 	is "$me: stdout and stderr stay apart" "$(cat "$T/out")|$(cat "$T/err")" "out|err"
 	is "$me: a pipe inside and out" "$(printf 'b\na\n' | drun "$H/box" sort | drun "$H/box" tr a-z A-Z | tr '\n' ' ')" "A B "
-	out=$(TERM=xterm-d-run script -qec "$WHO $DRUN $H/box sh -c 'tty >/dev/null && echo tty-ok; echo \$TERM'" /dev/null | tr -d '\r' | tr '\n' ' ')
+	out=$(TERM=xterm-d-run "$WHO" script -qec "$DRUN $H/box sh -c 'tty >/dev/null && echo tty-ok; echo \$TERM'" /dev/null |
+		tr -d '\r' | tr '\n' ' ')
 	is "$me: with a TTY, tty works inside and TERM is the caller's" "$out" "tty-ok xterm-d-run "
 	out=$(TERM=xterm-d-run drun "$H/box" env </dev/null)
 	ok "$me: without a TTY, no TERM" test "${out/TERM=/}" = "$out"
@@ -214,11 +215,13 @@ suite() {
 	ok "$me: WorkingDir /proc/self/fd/7 does not reach the caller's fd 7" test "${out/secret/}" = "$out"
 	is "$me: a command starting with -- is a command, not a bwrap option" \
 		"$(status drun "$H/box" --bind / /host sh -c 'ls /host/tmp')" 127
+	mkbox dashdash '{"Entrypoint": ["--bind", "/", "/host"], "Cmd": ["sh", "-c", "ls /host/tmp"]}'
+	is "$me: an Entrypoint starting with -- is a command, not a bwrap option" "$(status drun "$H/dashdash")" 127
 
 	# --- isolation --------------------------------------------------------------------------
 	host_if=$(if_names </proc/net/dev)
 	is "$me: all namespaces unshared" \
-		"$(drun "$H/box" sh -c 'for n in mnt pid net ipc uts user cgroup; do readlink /proc/self/ns/$n; done' | comm -12 - <(ns_ids))" ""
+		"$(drun "$H/box" sh -c 'for n in mnt pid net ipc uts user cgroup; do readlink /proc/self/ns/$n; done' | grep -Fxf <(ns_ids))" ""
 	n=$(drun "$H/box" ls /proc | grep -c '^[0-9]')
 	ok "$me: fresh /proc shows only the sandbox's few pids ($n)" test "$n" -le 4
 	out=$(drun "$H/box" cat /proc/1/cmdline | tr '\0' ' ')
@@ -248,7 +251,7 @@ suite() {
 
 	# --die-with-parent: kill the caller of d-run, the command must go
 	rm -f "$H/parent.pid"
-	"$WHO" sh -c 'echo $$ >"$1"; "$2" "$3" sleep 3'"$uid"'7 & wait' sh "$H/parent.pid" "$DRUN" "$H/box" &
+	"$WHO" sh -c 'echo $$ >"$1"; "$2" "$3" sleep 3'"$uid"'7 & wait' sh "$H/parent.pid" "$DRUN" "$H/box" 2>/dev/null &
 	bg=$!
 	for ((i = 0; i < 50; i++)); do
 		pgrep -f "^sleep 3${uid}7\$" >/dev/null && break
@@ -262,7 +265,7 @@ suite() {
 	pid=$(pgrep -f "^sleep 3${uid}7\$")
 	is "$me: the command dies with d-run's parent (--die-with-parent)" "$pid" ""
 	[ -z "$pid" ] || kill "$pid"
-	wait "$bg"
+	{ wait "$bg"; } 2>/dev/null
 
 	# --- ephemeral and shared -------------------------------------------------------------
 	before=$(tree_of "$H/box/rootfs")
@@ -330,14 +333,17 @@ bad() { # DESC CONFIG-JSON EXIT [D-RUN ARGS...]: config.json of $H/bad is CONFIG
 	rc=$(status drun "$@")
 	is "bad input: $desc: exit $want, one line on stderr, nothing run" \
 		"$rc $(wc -l <"$T/err") $(wc -c <"$T/out") $(ls -A "$H/marker")" "$want 1 0 "
+	rm -f "$H/marker/x"
 }
 bad "no DIR" '{}' 2
-bad "unknown option" '{}' 2 --bogus "$H/bad" touch /m/x
+is "bad input: unknown option: exit 2, nothing run" "$(status drun --bogus "${MARK[@]}" "$H/box" touch /m/x) $(ls -A "$H/marker")" "2 "
+like "bad input: unknown option: the message names it" "$(head -n1 "$T/err")" "(^|/)d-run: .*bogus"
 bad "missing DIR" '{}' 1 "${MARK[@]}" "$H/no-such-dir" touch /m/x
 bad "no config.json" - 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad "malformed config.json" '{"Cmd": ["sh"' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad "config.json not an object" '["sh"]' 1 "${MARK[@]}" "$H/bad" touch /m/x
-bad '"Cmd": "x"' '{"Cmd": "x"}' 1 "${MARK[@]}" "$H/bad" touch /m/x
+bad '"Cmd": "x"' '{"Cmd": "x"}' 1 "${MARK[@]}" "$H/bad"
+bad '"Cmd": "x" even when CMD replaces it' '{"Cmd": "x"}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"net": "yes"' '{"net": "yes"}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"rw": 1' '{"rw": 1}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"Env": [1]' '{"Env": [1]}' 1 "${MARK[@]}" "$H/bad" touch /m/x
@@ -345,5 +351,5 @@ bad '"User": 5' '{"User": 5}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"Volumes": ["/x"]' '{"Volumes": ["/x"]}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"WorkingDir": 1' '{"WorkingDir": 1}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 like "bad input: the message names the key" "$(cat "$T/err")" '^d-run: .*config\.json.*WorkingDir'
-is "-h: usage on stdout, exit 0" "$(status drun -h) $(head -c 13 "$T/out")" "0 usage: d-run"
+is "-h: usage on stdout, exit 0" "$(status drun -h) $(head -c 12 "$T/out")" "0 usage: d-run"
 like "usage names every option" "$(cat "$T/out")" '-v VOLUME.*-e KEY.*-u USER.*-n\|--net.*-w\|--rw.*--debug.*DIR \[CMD\.\.\.\]'

@@ -1,0 +1,242 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# tests/bench.sh [ROUNDS]: the "Speed and memory" goals of issues 3 and 4, measured here.
+# d-pull of a big image (tests/bench-image.py) from a loopback registry, cold and warm cache,
+# against plain `tar -xzf` of its layers and against skopeo copy + umoci unpack; d-pull's peak
+# memory; `d-run DIR true` against the bare bwrap call it makes. DIRs, caches and the registry's
+# storage live on a tmpfs. Contenders alternate within each round (the first round is a
+# discarded warm-up); times are medians. Informational: exits 0 when a goal is missed, 1 only
+# when the benchmark itself fails. BENCH_REGISTRY=tls (default) or http picks the registry.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+ROUNDS=${1:-5}
+KIND=${BENCH_REGISTRY:-tls}
+IMAGE=$FIXTURES/bench
+CONTENDERS=(cold warm tar skopeo)
+
+die() {
+	echo "bench: $*" >&2
+	_FAILED=1 # lib.sh's cleanup then exits 1
+	exit 1
+}
+
+# Everything on a tmpfs: ours when root, else a directory in /dev/shm.
+if [ "$(id -u)" = 0 ]; then
+	M=$T/tmpfs
+	mkdir "$M" && mount -t tmpfs -o size=8g,mode=0755 d-utils-bench "$M" || die "cannot mount a tmpfs on $M"
+else
+	M=$(mktemp -d /dev/shm/d-utils-bench.XXXXXX) || die "no room in /dev/shm"
+fi
+
+bench_cleanup() {
+	local rc=$?
+	set +e
+	stop_servers # the registry's storage is on $M
+	if mountpoint -q "$M"; then
+		umount "$M" || umount -l "$M"
+	else
+		rm -rf "$M"
+	fi
+	(exit "$rc")
+	_cleanup
+}
+trap bench_cleanup EXIT
+
+# --- the image and the registry ----------------------------------------------
+
+if [ ! -f "$IMAGE/index.json" ] || [ "$SRC/tests/bench-image.py" -nt "$IMAGE/index.json" ]; then
+	echo "# building the benchmark image in $IMAGE (once, about a minute)"
+	mkdir -p "$FIXTURES"
+	flock "$FIXTURES/.lock" "$PYTHON" "$SRC/tests/bench-image.py" "$IMAGE" </dev/null >"$T/image.log" 2>&1 ||
+		die "building the image failed: $(cat "$T/image.log")"
+fi
+read -r NLAYERS BYTES GZBYTES ENTRIES < <(jq -r '"\(.layers) \(.bytes) \(.compressed) \(.entries)"' "$IMAGE/stats.json") ||
+	die "no $IMAGE/stats.json"
+
+mkdir "$M/registry"
+ln -s "$M/registry" "$T/registry-$KIND"
+start_registry "$KIND" || die "the $KIND registry did not start"
+if [ "$KIND" = http ]; then REG=$REG_HTTP; else REG=$REG_TLS; fi
+_skopeo_opts --dest- "$REG"
+skopeo copy -q --preserve-digests "${_OPTS[@]}" "oci:$IMAGE:latest" "docker://$REG/bench:latest" </dev/null ||
+	die "pushing the image failed"
+_skopeo_opts --src- "$REG"
+SKOPEO_SRC=("${_OPTS[@]}")
+
+# the layer blobs in d-pull's warm cache, in manifest order, for the tar reference
+manifest=$(jq -r '.manifests[0].digest' "$IMAGE/index.json" | tr : /)
+mapfile -t LAYER_FILES < <(jq -r --arg c "$M/warm-cache/d-utils/" '.layers[].digest | $c + .' "$IMAGE/blobs/$manifest")
+[ "${#LAYER_FILES[@]}" = "$NLAYERS" ] || die "cannot read the manifest of $IMAGE"
+
+# --- contenders: each writes $M/out ------------------------------------------
+
+dpull() { # CACHE-HOME: d-pull of the image into $M/out; its peak RSS (KB) into $M/rss
+	env HOME="$M/home" XDG_CACHE_HOME="$1" /usr/bin/time -f %M -o "$M/rss" \
+		"$DPULL" -q "$REG/bench" "$M/out"
+}
+run_cold() { dpull "$M/cold-cache"; }
+run_warm() { dpull "$M/warm-cache"; }
+run_tar() {
+	local l
+	mkdir "$M/out" || return 1
+	for l in "${LAYER_FILES[@]}"; do
+		tar -xzf "$l" -C "$M/out" || return 1
+	done
+}
+run_skopeo() {
+	skopeo copy -q "${SKOPEO_SRC[@]}" "docker://$REG/bench:latest" "oci:$M/oci:latest" &&
+		umoci unpack --rootless --image "$M/oci:latest" "$M/out"
+}
+
+# measure NAME: one run of run_NAME from a clean start; appends its wall time (us) to
+# $T/time.NAME and, for d-pull, its peak RSS (KB) to $T/rss.NAME
+measure() {
+	local t0 t1
+	chmod -R u+rwx "$M/out" 2>/dev/null
+	rm -rf "$M/out" "$M/oci" "$M/rss"
+	[ "$1" = cold ] && rm -rf "$M/cold-cache"
+	t0=$(date +%s%N)
+	"run_$1" </dev/null >"$T/run.log" 2>&1 || die "$1 failed: $(tail -n 5 "$T/run.log")"
+	t1=$(date +%s%N)
+	echo $(((t1 - t0) / 1000)) >>"$T/time.$1"
+	if [ -f "$M/rss" ]; then tail -n 1 "$M/rss" >>"$T/rss.$1"; fi
+}
+
+# tree_memory CMD...: runs CMD and samples the memory of it and its descendants every 5 ms;
+# prints the peak of their summed PSS (shared pages split between the processes that share
+# them, so a forked child's copy-on-write pages count once) and of their summed RSS, in KB.
+tree_memory() {
+	"$PYTHON" -c '
+import os, subprocess, sys, time
+
+def field(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+def tree(root):
+    parent = {}
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parent[int(p)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    found, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return found
+
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+pss = rss = 0
+while child.poll() is None:
+    procs = tree(child.pid)
+    pss = max(pss, sum(field(f"/proc/{p}/smaps_rollup", "Pss:") for p in procs))
+    rss = max(rss, sum(field(f"/proc/{p}/status", "VmRSS:") for p in procs))
+    time.sleep(0.005)
+print(pss, rss)
+sys.exit(child.returncode)' "$@"
+}
+
+median() { sort -n "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+maximum() { sort -n "$1" | tail -n 1; }
+minimum() { sort -n "$1" | head -n 1; }
+# verdict VALUE OP LIMIT: PASS or MISS (OP is <= or <)
+verdict() { awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN { print ((op == "<" ? v < l : v <= l) ? "PASS" : "MISS") }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+secs() { awk -v u="$1" 'BEGIN { printf "%.2f s", u / 1e6 }'; }
+
+# --- d-pull ----------------------------------------------------------------------
+
+printf '# image: %d layers, %d MB (%d MB gzip), %d entries; %s registry %s; %d rounds\n' \
+	"$NLAYERS" $((BYTES >> 20)) $((GZBYTES >> 20)) "$ENTRIES" "$KIND" "$REG" "$ROUNDS"
+echo "# warm-up round (fills the warm cache, not counted)"
+for c in cold warm tar skopeo; do
+	measure "$c"
+	mv "$T/time.$c" "$T/warmup.$c"
+	rm -f "$T/rss.$c"
+done
+[ -d "$M/cold-cache/d-utils" ] && cp -a "$M/cold-cache/d-utils" "$M/warm-cache/" ||
+	die "no cache after the first pull"
+for ((r = 1; r <= ROUNDS; r++)); do
+	line="# round $r:"
+	for ((i = 0; i < ${#CONTENDERS[@]}; i++)); do
+		c=${CONTENDERS[(i + r) % ${#CONTENDERS[@]}]}
+		measure "$c"
+		line+=" $c $(secs "$(tail -n 1 "$T/time.$c")")"
+	done
+	echo "$line"
+done
+
+# peak memory of the whole d-pull process tree, in runs of their own (sampling costs CPU)
+for c in cold warm; do
+	chmod -R u+rwx "$M/out" 2>/dev/null
+	rm -rf "$M/out"
+	[ "$c" = cold ] && rm -rf "$M/cold-cache"
+	read -r pss rsssum < <(tree_memory env HOME="$M/home" XDG_CACHE_HOME="$M/$c-cache" \
+		"$DPULL" -q "$REG/bench" "$M/out" 2>"$T/run.log") || die "d-pull $c failed: $(cat "$T/run.log")"
+	printf -v "PSS_${c^^}" '%s' "$pss"
+	printf -v "RSSSUM_${c^^}" '%s' "$rsssum"
+done
+rm -rf "$M/out" "$M/oci" "$M/cold-cache"
+
+# --- d-run -----------------------------------------------------------------------
+
+push_fixture busybox "$REG" >/dev/null || die "pushing busybox failed"
+env HOME="$M/home" XDG_CACHE_HOME="$M/warm-cache" "$DPULL" -q "$REG/busybox" "$M/box" ||
+	die "d-pull busybox failed"
+BWRAP=$("$DRUN" --debug "$M/box" true 2>&1 >/dev/null) || die "d-run --debug $M/box true failed"
+[[ $BWRAP == bwrap\ * ]] || die "d-run --debug printed no bwrap command line: $BWRAP"
+DRUN_CMD="$DRUN $M/box true"
+# three hyperfine runs, the order swapped each time; all samples pooled
+for r in 1 2 3; do
+	if ((r % 2)); then order=("$DRUN_CMD" "$BWRAP"); else order=("$BWRAP" "$DRUN_CMD"); fi
+	hyperfine -N --warmup 20 --runs 200 --style none --export-json "$T/hf$r.json" "${order[@]}" \
+		>"$T/hyperfine.log" 2>&1 || die "hyperfine failed: $(cat "$T/hyperfine.log")"
+	jq -r --arg d "$DRUN_CMD" '.results[] | select(.command == $d) | .times[] * 1e6 | floor' \
+		"$T/hf$r.json" >>"$T/time.drun"
+	jq -r --arg d "$DRUN_CMD" '.results[] | select(.command != $d) | .times[] * 1e6 | floor' \
+		"$T/hf$r.json" >>"$T/time.bwrap"
+done
+
+# --- summary -----------------------------------------------------------------------
+
+COLD=$(median "$T/time.cold") WARM=$(median "$T/time.warm") TAR=$(median "$T/time.tar")
+SKOPEO=$(median "$T/time.skopeo") DRUN_T=$(median "$T/time.drun") BWRAP_T=$(median "$T/time.bwrap")
+row() { printf '%-46s %16s %9s  %s\n' "$@"; }
+spread() { printf '%s (%s-%s)' "$(secs "$(median "$1")")" "$(secs "$(minimum "$1")" | cut -d' ' -f1)" \
+	"$(secs "$(maximum "$1")" | cut -d' ' -f1)"; }
+goal() { # LABEL VALUE OP LIMIT [SHOWN-VALUE]
+	row "$1" "${5:-$2}" "$3 $4" "$(verdict "$2" "$3" "$4")"
+}
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+echo
+echo "# summary: medians of $ROUNDS rounds (min-max); DIR, caches and registry on a tmpfs"
+row "measure" "value" "goal" "result"
+row "d-pull, cold cache" "$(spread "$T/time.cold")" "" ""
+row "d-pull, warm cache (new DIR)" "$(spread "$T/time.warm")" "" ""
+row "tar -xzf of the cached layers (reference)" "$(spread "$T/time.tar")" "" ""
+row "skopeo copy + umoci unpack --rootless" "$(spread "$T/time.skopeo")" "" ""
+goal "cold / tar" "$(ratio "$COLD" "$TAR")" "<=" 1.25
+goal "warm / tar" "$(ratio "$WARM" "$TAR")" "<=" 1.10
+goal "cold / (skopeo + umoci)" "$(ratio "$COLD" "$SKOPEO")" "<" 0.25
+goal "peak RSS cold, largest process (time %M) MB" "$(mb "$(maximum "$T/rss.cold")")" "<" 32
+goal "peak RSS warm, largest process (time %M) MB" "$(mb "$(maximum "$T/rss.warm")")" "<" 32
+goal "peak memory cold, d-pull+extractor PSS MB" "$(mb "$PSS_COLD")" "<" 32
+goal "peak memory warm, d-pull+extractor PSS MB" "$(mb "$PSS_WARM")" "<" 32
+row "  (same, summed RSS, shared pages twice) MB" "$(mb "$RSSSUM_COLD") / $(mb "$RSSSUM_WARM")" "" "cold / warm"
+row "d-run DIR true (busybox), ms" "$(awk -v u="$DRUN_T" 'BEGIN { printf "%.2f", u / 1000 }')" "" ""
+row "bare bwrap with the same argv, ms" "$(awk -v u="$BWRAP_T" 'BEGIN { printf "%.2f", u / 1000 }')" "" ""
+goal "d-run / bwrap" "$(ratio "$DRUN_T" "$BWRAP_T")" "<=" 1.10
+echo "# time %M is the largest peak of any one process of the tree (wait4 reports the max, not"
+echo "# the sum); the PSS line samples the whole tree every 5 ms, so it may miss a short peak."
+echo "# d-run: hyperfine -N, 3 x 200 runs each, order swapped per run. Took ${SECONDS} s."
