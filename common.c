@@ -3,7 +3,6 @@
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <sys/syscall.h>
-
 #include "common.h"
 
 void *xrealloc(void *p, size_t n)
@@ -57,10 +56,18 @@ cJSON *parse_object(const char *text, const char *what)
 	return json;
 }
 
-const char *json_string(const cJSON *obj, const char *key, const char *what)
+const cJSON *json_get(const cJSON *obj, const char *key, cJSON_bool (*is)(const cJSON *), const char *type,
+		      const char *what)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
-	if (item && !cJSON_IsNull(item) && !cJSON_IsString(item))
-		errx(1, "%s: \"%s\" is not a string", what, key);
-	return cJSON_IsString(item) ? item->valuestring : NULL;
+	if (cJSON_IsNull(item))
+		return NULL;
+	if (item && !is(item))
+		errx(1, "%s: \"%s\" is not %s", what, key, type);
+	return item;
+}
+
+const char *json_string(const cJSON *obj, const char *key, const char *what)
+{
+	return cJSON_GetStringValue(json_get(obj, key, cJSON_IsString, "a string", what));
 }

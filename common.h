@@ -22,6 +22,8 @@ int open_at(int dirfd, const char *path, int flags, unsigned long long resolve);
 char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long resolve);
 /* JSON text that must be an object; what names it in errors. */
 cJSON *parse_object(const char *text, const char *what);
-/* The string member key of obj, or NULL; any other type is an error. */
+/* Member key of obj (what names obj in errors), NULL if missing or null, else of the type. */
+const cJSON *json_get(const cJSON *obj, const char *key, cJSON_bool (*is)(const cJSON *), const char *type,
+		      const char *what);
 const char *json_string(const cJSON *obj, const char *key, const char *what);
 #endif

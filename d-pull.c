@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <ftw.h>
+#include <libgen.h>
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
@@ -19,7 +20,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include "common.h"
-
 #define MAX_BODY (4 << 20) /* manifests, configs, tokens */
 #define MAX_TRIES 4
 #define DIGEST_LEN 71 /* "sha256:" and 64 hex digits */
@@ -27,7 +27,6 @@
 /* One GET, into memory or, for a layer, into an unnamed file in the cache. */
 struct transfer {
 	char *url, digest[DIGEST_LEN + 1]; /* what the body must hash to; filled in if empty */
-	const char *auth;                  /* for a request that is not the registry's */
 	int registry, layer, tries;        /* registry: Accept manifests, renew the token on a 401 */
 	char *body, *challenge;
 	size_t len;
@@ -37,15 +36,14 @@ struct transfer {
 	EVP_MD_CTX *md;
 	struct curl_slist *headers;
 };
-
 static struct { char *registry, *host, *repo, *tag, *digest; } ref;
 static const char *want, *out_dir;
-static char *base_url, *auth, *credentials, *cache_path, *full_name;
+static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
 static int cache_fd, quiet, rootless, nlayers, done;
+static curl_off_t downloaded;
 static struct transfer *layers;
 static void *written; /* the names the layer being unpacked wrote, which its whiteouts spare */
 static pid_t parent, extractor;
-
 static const char usage[] = "usage: d-pull [-h] [-q] [--platform OS/ARCH[/VARIANT]] [registry/]name[:tag|@digest] [DIR]";
 
 static int valid_digest(const char *d)
@@ -62,7 +60,6 @@ static void parse_ref(const char *arg)
 {
 	char *s = xasprintf("%s", arg), *p, *slash = strchr(s, '/');
 	regex_t re;
-
 	if (regcomp(&re, name_grammar, REG_EXTENDED | REG_NOSUB) || regexec(&re, arg, 0, NULL, 0))
 		errx(1, "%s: invalid image name: want [registry/]name[:tag][@sha256:digest], name in lowercase", arg);
 	if ((p = strchr(s, '@')))
@@ -112,6 +109,7 @@ static _Noreturn void die_http(long status, const char *what)
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
+	downloaded += t->layer ? n : 0;
 	if ((t->bytes += n) > MAX_BODY && !t->layer)
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
 	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
@@ -123,7 +121,7 @@ static CURL *start(struct transfer *t)
 	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
 		"application/vnd.docker.distribution.manifest.list.v2+json, "
 		"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-	const char *a = t->registry ? auth : t->auth, *ca = getenv("CURL_CA_BUNDLE");
+	const char *ca = getenv("CURL_CA_BUNDLE");
 	CURL *h = curl_easy_init();
 	int fd = t->layer ? open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644) : -1;
 	if (!(t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len)))
@@ -133,8 +131,8 @@ static CURL *start(struct transfer *t)
 	t->bytes = 0;
 	curl_slist_free_all(t->headers);
 	t->headers = t->registry ? curl_slist_append(NULL, accept) : NULL;
-	if (a)
-		t->headers = curl_slist_append(t->headers, a);
+	if (auth)
+		t->headers = curl_slist_append(t->headers, auth);
 	if (!h)
 		errx(1, "curl_easy_init failed");
 	curl_easy_setopt(h, CURLOPT_URL, t->url);
@@ -228,14 +226,12 @@ static void authenticate(const char *challenge)
 {
 	char *realm = challenge_param(challenge, "realm"), *service = challenge_param(challenge, "service");
 	char *basic = credentials ? xasprintf("Authorization: Basic %s", credentials) : NULL;
-	struct transfer t = { .auth = basic };
+	struct transfer t = { 0 };
 	const char *token;
 	cJSON *json;
-	auth = NULL;
-	if (!strncasecmp(challenge, "Basic", 5)) {
-		auth = basic;
+	auth = basic; /* for Basic, and to ask for a token */
+	if (!strncasecmp(challenge, "Basic", 5))
 		return;
-	}
 	if (strncasecmp(challenge, "Bearer", 6) || !realm)
 		errx(1, "%s: unsupported authentication: %s", ref.host, challenge);
 	t.url = xasprintf("%s%cservice=%s&scope=%s", realm, strchr(realm, '?') ? '&' : '?',
@@ -417,11 +413,11 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 		name[n - 1] = '\0';
 	base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
 	if (!strncmp(base, ".wh.", 4))
-		return apply_whiteout(name, base), free(name);
+		return apply_whiteout(name, base);
 	if (type == AE_IFCHR || type == AE_IFBLK) {
 		if (!warned++)
 			warnx("%s: skipping device nodes such as %s", digest, name);
-		return free(name);
+		return;
 	}
 	if (!*name && type != AE_IFDIR)
 		errx(1, "%s: the root entry is not a directory", digest);
@@ -439,8 +435,7 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 			errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
 	if (r != ARCHIVE_EOF || archive_write_finish_entry(out) < ARCHIVE_WARN)
 		errx(1, "%s: %s: %s", digest, name, archive_error_string(r != ARCHIVE_EOF ? in : out));
-	if (*(char **)tsearch(name, &written, compare) != name)
-		free(name);
+	tsearch(name, &written, compare);
 }
 
 static void extract_layer(int fd, const char *digest)
@@ -461,7 +456,7 @@ static void extract_layer(int fd, const char *digest)
 		errx(1, "%s: %s", digest, archive_error_string(r != ARCHIVE_EOF ? in : out));
 	archive_read_free(in);
 	archive_write_free(out);
-	tdestroy(written, free);
+	tdestroy(written, free); /* names not in the tree are left to the process's exit */
 	written = NULL;
 	close(fd);
 }
@@ -504,7 +499,6 @@ static void fetch_layers(void)
 	CURLM *multi = curl_multi_init();
 	int pending = 0, running, left, tty = !quiet && isatty(2);
 	time_t begin = time(NULL);
-	curl_off_t bytes;
 	struct transfer *t;
 	CURLMsg *msg;
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
@@ -530,11 +524,9 @@ static void fetch_layers(void)
 			if (!quiet && !tty)
 				warnx("%s: downloaded, %.1f MB", t->digest, t->bytes / 1e6);
 		}
-		for (bytes = 0, t = layers; t < layers + nlayers; t++)
-			bytes += t->bytes;
 		if (tty)
 			fprintf(stderr, "\r\033[K%s: %d of %d layers to download, %.1f MB done, %.1f MB/s",
-				program_invocation_short_name, pending, nlayers, bytes / 1e6, bytes / 1e6 / (time(NULL) - begin + 1));
+				program_invocation_short_name, pending, nlayers, downloaded / 1e6, downloaded / 1e6 / (time(NULL) - begin + 1));
 		if (pending)
 			curl_multi_poll(multi, NULL, 0, 1000, NULL);
 	}
@@ -551,10 +543,8 @@ static void open_cache(void)
 	struct stat st;
 	DIR *d;
 	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg) : xasprintf("%s/.cache/d-utils", home ? home : "");
-	for (char *p = cache_path; (p = strchr(p + 1, '/')); *p = '/') {
-		*p = '\0';
-		mkdir(cache_path, 0755); /* mkdir -p; a failure shows when the cache is opened */
-	}
+	/* ~/.cache may be missing; a failure shows when the cache is opened */
+	mkdir(dirname(xasprintf("%s", cache_path)), 0755);
 	mkdir(cache_path, 0755);
 	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || !(d = fdopendir(dup(cache_fd))))
 		err(1, "%s", cache_path);
@@ -577,7 +567,7 @@ static void cleanup(void)
 
 static void pull(void)
 {
-	char digest[DIGEST_LEN + 1], *platform, *rootfs = xasprintf("%s/rootfs", out_dir);
+	char digest[DIGEST_LEN + 1], *platform, *full_name, *rootfs = xasprintf("%s/rootfs", out_dir);
 	const char *reference = ref.digest ? ref.digest : ref.tag, *config;
 	const cJSON *layer, *list;
 	cJSON *manifest;
@@ -641,7 +631,6 @@ int main(int argc, char **argv)
 	parse_platform(platform);
 	out_dir = argv[optind + 1] ? argv[optind + 1] : strrchr(ref.repo, '/') ? strrchr(ref.repo, '/') + 1 : ref.repo;
 	rootless = getuid() != 0;
-	signal(SIGPIPE, SIG_IGN);
 	if (mkdir(out_dir, 0755))
 		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
 	parent = getpid();

@@ -5,15 +5,12 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <sys/personality.h>
-
 #include "common.h"
-
 #define MAX_FILE (1 << 20)
 #define IN_ROOT (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 
-static const char **args, *dir, *path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+static const char **args, *dir, *conf_name, *path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 static int nargs, dir_fd, root_fd, volumes;
-
 static const char usage[] = "usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] [-n|--net] [-w|--rw] "
 	"[--debug] DIR [CMD...]";
 
@@ -59,11 +56,10 @@ static const char *mount_point(int root, const char *path, int file)
 {
 	char *p = xasprintf("%s", path), *end = p, *name, c, *host;
 	int fd = dup(root), parent;
-	while (*(end += strspn(end, "/"))) {
+	while (*(name = end += strspn(end, "/"))) {
 		end += strcspn(end, "/");
 		c = *end;
 		*end = '\0';
-		name = strrchr(p, '/') ? strrchr(p, '/') + 1 : p;
 		parent = fd;
 		if ((fd = open_at(root, p, O_PATH, IN_ROOT)) < 0 && errno == ENOENT) {
 			if (!c && file)
@@ -137,50 +133,36 @@ static void add_volume(const char *spec)
 	volumes++;
 }
 
-static const cJSON *member(const cJSON *config, const char *key, int (*is_type)(const cJSON *), const char *type)
-{
-	const cJSON *item = cJSON_GetObjectItemCaseSensitive(config, key);
-	if (item && !cJSON_IsNull(item) && !is_type(item))
-		errx(1, "%s/config.json: \"%s\" is not %s", dir, key, type);
-	return item;
-}
-
 /* Env entries, or words of the command */
 static void add_strings(const cJSON *config, const char *key, int env)
 {
 	const cJSON *s;
-	cJSON_ArrayForEach(s, member(config, key, cJSON_IsArray, "a list of strings")) {
+	cJSON_ArrayForEach(s, json_get(config, key, cJSON_IsArray, "a list of strings", conf_name)) {
 		if (!cJSON_IsString(s))
-			errx(1, "%s/config.json: \"%s\" is not a list of strings", dir, key);
+			errx(1, "%s: \"%s\" is not a list of strings", conf_name, key);
 		env ? add_env(s->valuestring) : add(1, s->valuestring);
 	}
-}
-
-static int executable(const char *path)
-{
-	int fd = open_at(root_fd, path, O_PATH, IN_ROOT);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st))
-		return 0;
-	close(fd);
-	errno = S_ISREG(st.st_mode) && st.st_mode & 0111 ? 0 : EACCES;
-	return !errno;
 }
 
 /* bwrap exits 1 when exec fails; a shell says 127 for a command not found, 126 for one that cannot
  * run. A command that is not in the image may come with a volume: bwrap will tell then. */
 static void check_command(const char *cmd, const char *workdir)
 {
-	char *path = xasprintf("%s", path_env), *d;
-	if (strchr(cmd, '/') && executable(*cmd == '/' ? cmd : xasprintf("%s/%s", workdir, cmd)))
-		return;
-	for (errno = ENOENT; !strchr(cmd, '/') && (d = strsep(&path, ":"));)
-		if (executable(xasprintf("%s/%s", *d ? d : ".", cmd)))
+	char *dirs = xasprintf("%s", strchr(cmd, '/') ? *cmd == '/' ? "" : workdir : path_env), *d;
+	int fd, denied = 0;
+	struct stat st;
+	while ((d = strsep(&dirs, ":"))) {
+		if ((fd = open_at(root_fd, xasprintf("%s/%s", d, cmd), O_PATH, IN_ROOT)) < 0 || fstat(fd, &st))
+			continue;
+		close(fd);
+		if (S_ISREG(st.st_mode) && st.st_mode & 0111)
 			return;
-	if (errno == ENOENT && volumes)
+		denied = 1;
+	}
+	if (!denied && volumes)
 		return;
-	warnx("%s: %s", cmd, errno == ENOENT ? "command not found" : "permission denied");
-	exit(errno == ENOENT ? 127 : 126);
+	warnx("%s: %s", cmd, denied ? "permission denied" : "command not found");
+	exit(denied ? 126 : 127);
 }
 
 /* --debug: the bwrap command line, quoted for a shell */
@@ -229,13 +211,13 @@ int main(int argc, char **argv)
 		err(1, "%s/rootfs", dir);
 	if (!(text = read_file_at(dir_fd, "config.json", MAX_FILE, 0)))
 		errx(1, "%s/config.json: missing", dir);
-	config = parse_object(text, xasprintf("%s/config.json", dir));
-	net |= cJSON_IsTrue(member(config, "net", cJSON_IsBool, "true or false"));
-	rw |= cJSON_IsTrue(member(config, "rw", cJSON_IsBool, "true or false"));
-	user = user ? user : json_string(config, "User", "config.json");
-	workdir = json_string(config, "WorkingDir", "config.json");
+	config = parse_object(text, conf_name = xasprintf("%s/config.json", dir));
+	net |= cJSON_IsTrue(json_get(config, "net", cJSON_IsBool, "true or false", conf_name));
+	rw |= cJSON_IsTrue(json_get(config, "rw", cJSON_IsBool, "true or false", conf_name));
+	user = user ? user : json_string(config, "User", conf_name);
+	workdir = json_string(config, "WorkingDir", conf_name);
 	workdir = workdir && *workdir ? workdir : "/";
-	hostname = json_string(config, "Hostname", "config.json");
+	hostname = json_string(config, "Hostname", conf_name);
 	add(13, "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", rw ? "--bind" : "--ro-bind",
 		xasprintf("%s/rootfs", dir), "/", "--proc", mount_point(root_fd, "/proc", 0),
 		"--dev", mount_point(root_fd, "/dev", 0), "--tmpfs", mount_point(root_fd, "/tmp", 0));
@@ -255,7 +237,7 @@ int main(int argc, char **argv)
 	/* the image's Env and Volumes, then the options' */
 	for (int i = 0; i < 2; i++) {
 		add_strings(i ? opts : config, "Env", 1);
-		cJSON_ArrayForEach(v, member(i ? opts : config, "Volumes", cJSON_IsObject, "an object"))
+		cJSON_ArrayForEach(v, json_get(i ? opts : config, "Volumes", cJSON_IsObject, "an object", conf_name))
 			add_volume(v->string);
 	}
 	add(1, "--");

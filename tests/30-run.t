@@ -7,7 +7,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-SUITE_TESTS=103
+SUITE_TESTS=104
 plan $((2 * SUITE_TESTS + 18))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -182,32 +182,37 @@ suite() {
 ]*\$"
 
 	# --- mount destinations never leave the rootfs ------------------------------------------
-	mkbox links '{"Cmd": ["sh"]}'
-	mkdir_as "$H/host-dir" "$H/host-parent" "$H/host-tmp" "$H/host-etc" "$H/host-wd"
-	"$WHO" ln -s "$H/host-dir" "$H/links/rootfs/mnt-link"
-	"$WHO" ln -s "$H/host-parent" "$H/links/rootfs/parent-link"
-	drun -v "$H/hv:/mnt-link" "$H/links" true >/dev/null 2>&1
-	is "$me: symlinked destination -> host dir: host dir untouched" "$(ls -A "$H/host-dir")" ""
-	drun -v "$H/hv:/parent-link/sub/deeper" "$H/links" true >/dev/null 2>&1
-	is "$me: symlinked parent of a bind destination: nothing created on the host" "$(ls -A "$H/host-parent")" ""
-	drun -v "$H/hv/in:/parent-link/file" "$H/links" true >/dev/null 2>&1
-	is "$me: symlinked parent of a file destination: nothing created on the host" "$(ls -A "$H/host-parent")" ""
-	drun -v /parent-link/pvol "$H/links" true >/dev/null 2>&1
-	is "$me: symlinked parent of a persistent volume: nothing created on the host" "$(ls -A "$H/host-parent")" ""
-	"$WHO" rm -rf "$H/links/rootfs/tmp"
-	"$WHO" ln -s "$H/host-tmp/t" "$H/links/rootfs/tmp"
-	drun "$H/links" true >/dev/null 2>&1
-	is "$me: /tmp a symlink to the host: nothing created on the host" "$(ls -A "$H/host-tmp")" ""
-	"$WHO" rm -f "$H/links/rootfs/tmp"
-	mkdir_as "$H/links/rootfs/tmp"
-	"$WHO" rm -f "$H/links/rootfs/etc/resolv.conf"
-	"$WHO" ln -s "$H/host-etc/resolv.conf" "$H/links/rootfs/etc/resolv.conf"
-	drun -n "$H/links" true >/dev/null 2>&1
-	is "$me: -n with /etc/resolv.conf a dangling symlink to the host: no host file made" "$(ls -A "$H/host-etc")" ""
-	mkbox wdlink '{"WorkingDir": "/wd-link/a/b", "Cmd": ["sh"]}'
-	"$WHO" ln -s "$H/host-wd" "$H/wdlink/rootfs/wd-link"
-	drun "$H/wdlink" true >/dev/null 2>&1
-	is "$me: WorkingDir through a symlink to the host: nothing created on the host" "$(ls -A "$H/host-wd")" ""
+	# bwrap 0.8 follows them: a link to /oldroot/HOST-PATH reaches the host (GHSA-pxhw-h44j-8pfx),
+	# a plain absolute link must not lead d-run itself out of the rootfs either
+	for prefix in "" /oldroot; do
+		tag="${prefix:-plain} link"
+		"$WHO" rm -rf "$H/host"
+		mkdir_as "$H/host/dir" "$H/host/parent" "$H/host/tmp" "$H/host/etc" "$H/host/wd" "$H/host/cfg"
+		mkbox links '{"Cmd": ["sh"], "Volumes": {"/cfg-link/vol": {}}, "WorkingDir": "/wd-link/a/b"}'
+		"$WHO" ln -s "$prefix$H/host/dir" "$H/links/rootfs/mnt-link"
+		"$WHO" ln -s "$prefix$H/host/parent" "$H/links/rootfs/parent-link"
+		"$WHO" ln -s "$prefix$H/host/wd" "$H/links/rootfs/wd-link"
+		"$WHO" ln -s "$prefix$H/host/cfg" "$H/links/rootfs/cfg-link"
+		"$WHO" rm -f "$H/links/rootfs/etc/resolv.conf"
+		"$WHO" ln -s "$prefix$H/host/etc/resolv.conf" "$H/links/rootfs/etc/resolv.conf"
+		drun -v "$H/hv:/mnt-link" "$H/links" true >/dev/null 2>&1
+		is "$me: $tag as bind destination: host dir untouched" "$(ls -A "$H/host/dir")" ""
+		drun -v "$H/hv:/parent-link/sub" "$H/links" true >/dev/null 2>&1
+		drun -v "$H/hv:/parent-link/sub2/deeper" "$H/links" true >/dev/null 2>&1
+		drun -v "$H/hv/in:/parent-link/file" "$H/links" true >/dev/null 2>&1
+		drun -v /parent-link/pvol "$H/links" true >/dev/null 2>&1
+		is "$me: $tag as parent of dir, file and persistent volume destinations: nothing created on the host" \
+			"$(ls -A "$H/host/parent")" ""
+		drun -n "$H/links" true >/dev/null 2>&1
+		is "$me: $tag as the config's volume parent, WorkingDir parent, /etc/resolv.conf: host untouched" \
+			"$(cd "$H/host" && find . -mindepth 1 | LC_ALL=C sort | tr '\n' ' ')" \
+			"./cfg ./dir ./etc ./parent ./tmp ./wd "
+		mkbox tmplink '{"Cmd": ["sh"]}'
+		"$WHO" rm -rf "$H/tmplink/rootfs/tmp"
+		"$WHO" ln -s "$prefix$H/host/tmp/t" "$H/tmplink/rootfs/tmp"
+		drun "$H/tmplink" true >/dev/null 2>&1
+		is "$me: $tag as /tmp: nothing created on the host" "$(ls -A "$H/host/tmp")" ""
+	done
 	mkdir_as "$H/host-secret"
 	echo secret >"$H/host-secret/secret-marker"
 	mkbox fdwd '{"WorkingDir": "/proc/self/fd/7", "Cmd": ["sh"]}'

@@ -13,7 +13,15 @@
 ROUNDS=${1:-5}
 KIND=${BENCH_REGISTRY:-tls}
 IMAGE=$FIXTURES/bench
-CONTENDERS=(cold warm tar skopeo)
+CONTENDERS=(cold warm tar ztar skopeo)
+# gzip -d with zlib, as libarchive inflates; GNU gzip(1), which tar -z runs, is slower
+ZCAT='import zlib
+d, r, w = zlib.decompressobj(31), open(0, "rb", buffering=0), open(1, "wb", buffering=0)
+for b in iter(lambda: r.read(1 << 17), b""):
+    o = memoryview(d.decompress(b))
+    while o:
+        o = o[w.write(o):]
+w.write(d.flush())'
 
 die() {
 	echo "bench: $*" >&2
@@ -24,7 +32,8 @@ die() {
 # Everything on a tmpfs: ours when root, else a directory in /dev/shm.
 if [ "$(id -u)" = 0 ]; then
 	M=$T/tmpfs
-	mkdir "$M" && mount -t tmpfs -o size=8g,mode=0755 d-utils-bench "$M" || die "cannot mount a tmpfs on $M"
+	mkdir "$M" || die "mkdir $M"
+	mount -t tmpfs -o size=8g,mode=0755 d-utils-bench "$M" || die "cannot mount a tmpfs on $M"
 else
 	M=$(mktemp -d /dev/shm/d-utils-bench.XXXXXX) || die "no room in /dev/shm"
 fi
@@ -82,6 +91,14 @@ run_tar() {
 	mkdir "$M/out" || return 1
 	for l in "${LAYER_FILES[@]}"; do
 		tar -xzf "$l" -C "$M/out" || return 1
+	done
+}
+run_ztar() {
+	local - l
+	set -o pipefail
+	mkdir "$M/out" || return 1
+	for l in "${LAYER_FILES[@]}"; do
+		"$PYTHON" -c "$ZCAT" <"$l" | tar -x -C "$M/out" || return 1
 	done
 }
 run_skopeo() {
@@ -158,14 +175,15 @@ secs() { awk -v u="$1" 'BEGIN { printf "%.2f s", u / 1e6 }'; }
 
 printf '# image: %d layers, %d MB (%d MB gzip), %d entries; %s registry %s; %d rounds\n' \
 	"$NLAYERS" $((BYTES >> 20)) $((GZBYTES >> 20)) "$ENTRIES" "$KIND" "$REG" "$ROUNDS"
-echo "# warm-up round (fills the warm cache, not counted)"
-for c in cold warm tar skopeo; do
+echo "# warm-up round (its warm run fills the warm cache; not counted)"
+for c in "${CONTENDERS[@]}"; do
 	measure "$c"
 	mv "$T/time.$c" "$T/warmup.$c"
 	rm -f "$T/rss.$c"
 done
-[ -d "$M/cold-cache/d-utils" ] && cp -a "$M/cold-cache/d-utils" "$M/warm-cache/" ||
-	die "no cache after the first pull"
+for l in "${LAYER_FILES[@]}"; do
+	[ -f "$l" ] || die "$l: not in the cache after a pull"
+done
 for ((r = 1; r <= ROUNDS; r++)); do
 	line="# round $r:"
 	for ((i = 0; i < ${#CONTENDERS[@]}; i++)); do
@@ -195,22 +213,28 @@ env HOME="$M/home" XDG_CACHE_HOME="$M/warm-cache" "$DPULL" -q "$REG/busybox" "$M
 	die "d-pull busybox failed"
 BWRAP=$("$DRUN" --debug "$M/box" true 2>&1 >/dev/null) || die "d-run --debug $M/box true failed"
 [[ $BWRAP == bwrap\ * ]] || die "d-run --debug printed no bwrap command line: $BWRAP"
-DRUN_CMD="$DRUN $M/box true"
-# three hyperfine runs, the order swapped each time; all samples pooled
-for r in 1 2 3; do
-	if ((r % 2)); then order=("$DRUN_CMD" "$BWRAP"); else order=("$BWRAP" "$DRUN_CMD"); fi
-	hyperfine -N --warmup 20 --runs 200 --style none --export-json "$T/hf$r.json" "${order[@]}" \
+# the floor for any wrapper: env(1) adds one exec of a small dynamic program to bwrap
+declare -A RUN_CMDS=([drun]="$DRUN $M/box true" [bwrap]=$BWRAP [env]="env $BWRAP")
+RUN_ORDER=(drun bwrap env)
+# three hyperfine runs, the order rotated each time; all samples pooled
+for r in 0 1 2; do
+	cmds=()
+	for ((i = 0; i < 3; i++)); do
+		cmds+=("${RUN_CMDS[${RUN_ORDER[(i + r) % 3]}]}")
+	done
+	hyperfine -N --warmup 20 --runs 200 --style none --export-json "$T/hf$r.json" "${cmds[@]}" \
 		>"$T/hyperfine.log" 2>&1 || die "hyperfine failed: $(cat "$T/hyperfine.log")"
-	jq -r --arg d "$DRUN_CMD" '.results[] | select(.command == $d) | .times[] * 1e6 | floor' \
-		"$T/hf$r.json" >>"$T/time.drun"
-	jq -r --arg d "$DRUN_CMD" '.results[] | select(.command != $d) | .times[] * 1e6 | floor' \
-		"$T/hf$r.json" >>"$T/time.bwrap"
+	for c in "${RUN_ORDER[@]}"; do
+		jq -r --arg c "${RUN_CMDS[$c]}" '.results[] | select(.command == $c) | .times[] * 1e6 | floor' \
+			"$T/hf$r.json" >>"$T/time.$c"
+	done
 done
 
 # --- summary -----------------------------------------------------------------------
 
 COLD=$(median "$T/time.cold") WARM=$(median "$T/time.warm") TAR=$(median "$T/time.tar")
-SKOPEO=$(median "$T/time.skopeo") DRUN_T=$(median "$T/time.drun") BWRAP_T=$(median "$T/time.bwrap")
+ZTAR=$(median "$T/time.ztar") SKOPEO=$(median "$T/time.skopeo")
+DRUN_T=$(median "$T/time.drun") BWRAP_T=$(median "$T/time.bwrap") ENV_T=$(median "$T/time.env")
 row() { printf '%-46s %16s %9s  %s\n' "$@"; }
 spread() { printf '%s (%s-%s)' "$(secs "$(median "$1")")" "$(secs "$(minimum "$1")" | cut -d' ' -f1)" \
 	"$(secs "$(maximum "$1")" | cut -d' ' -f1)"; }
@@ -225,18 +249,24 @@ row "measure" "value" "goal" "result"
 row "d-pull, cold cache" "$(spread "$T/time.cold")" "" ""
 row "d-pull, warm cache (new DIR)" "$(spread "$T/time.warm")" "" ""
 row "tar -xzf of the cached layers (reference)" "$(spread "$T/time.tar")" "" ""
+row "zlib | tar -x of the cached layers" "$(spread "$T/time.ztar")" "" ""
 row "skopeo copy + umoci unpack --rootless" "$(spread "$T/time.skopeo")" "" ""
 goal "cold / tar" "$(ratio "$COLD" "$TAR")" "<=" 1.25
 goal "warm / tar" "$(ratio "$WARM" "$TAR")" "<=" 1.10
+row "cold / (zlib | tar), warm / (zlib | tar)" "$(ratio "$COLD" "$ZTAR") / $(ratio "$WARM" "$ZTAR")" "" "info"
 goal "cold / (skopeo + umoci)" "$(ratio "$COLD" "$SKOPEO")" "<" 0.25
 goal "peak RSS cold, largest process (time %M) MB" "$(mb "$(maximum "$T/rss.cold")")" "<" 32
 goal "peak RSS warm, largest process (time %M) MB" "$(mb "$(maximum "$T/rss.warm")")" "<" 32
 goal "peak memory cold, d-pull+extractor PSS MB" "$(mb "$PSS_COLD")" "<" 32
 goal "peak memory warm, d-pull+extractor PSS MB" "$(mb "$PSS_WARM")" "<" 32
 row "  (same, summed RSS, shared pages twice) MB" "$(mb "$RSSSUM_COLD") / $(mb "$RSSSUM_WARM")" "" "cold / warm"
-row "d-run DIR true (busybox), ms" "$(awk -v u="$DRUN_T" 'BEGIN { printf "%.2f", u / 1000 }')" "" ""
-row "bare bwrap with the same argv, ms" "$(awk -v u="$BWRAP_T" 'BEGIN { printf "%.2f", u / 1000 }')" "" ""
+ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
+row "d-run DIR true (busybox), ms" "$(ms "$DRUN_T")" "" ""
+row "bare bwrap with the same argv, ms" "$(ms "$BWRAP_T")" "" ""
+row "env bwrap ... (one extra exec), ms" "$(ms "$ENV_T")" "" ""
 goal "d-run / bwrap" "$(ratio "$DRUN_T" "$BWRAP_T")" "<=" 1.10
+row "(env bwrap) / bwrap: the floor for a wrapper" "$(ratio "$ENV_T" "$BWRAP_T")" "" "info"
 echo "# time %M is the largest peak of any one process of the tree (wait4 reports the max, not"
 echo "# the sum); the PSS line samples the whole tree every 5 ms, so it may miss a short peak."
-echo "# d-run: hyperfine -N, 3 x 200 runs each, order swapped per run. Took ${SECONDS} s."
+echo "# zlib | tar: a Python zlib pipe into tar -x (about 15 ms of Python start per layer)."
+echo "# d-run: hyperfine -N, 3 x 200 runs each, order rotated per run. Took ${SECONDS} s."
