@@ -31,9 +31,8 @@ int open_at(int dirfd, const char *path, int flags, unsigned long long resolve)
 	return syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
 }
 
-char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long resolve)
+char *read_fd(int fd, const char *path, size_t max)
 {
-	int fd = open_at(dirfd, path, O_RDONLY, resolve);
 	char *buf = xrealloc(NULL, max + 1);
 	ssize_t n, len = 0;
 	if (fd < 0 && errno == ENOENT)

@@ -18,8 +18,8 @@ void *xrealloc(void *p, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* openat2(2) with resolve flags such as RESOLVE_IN_ROOT; O_CLOEXEC is added. */
 int open_at(int dirfd, const char *path, int flags, unsigned long long resolve);
-/* A whole file of at most max bytes, or NULL if it does not exist. */
-char *read_file_at(int dirfd, const char *path, size_t max, unsigned long long resolve);
+/* The whole file open at fd (path names it), at most max bytes; NULL if fd < 0 for ENOENT. */
+char *read_fd(int fd, const char *path, size_t max);
 /* JSON text that must be an object; what names it in errors. */
 cJSON *parse_object(const char *text, const char *what);
 /* Member key of obj (what names obj in errors), NULL if missing or null, else of the type. */

@@ -258,7 +258,7 @@ static void load_credentials(void)
 	cJSON *json;
 	size_t n;
 	for (size_t i = 0; i < sizeof(files) / sizeof(*files) && !credentials; i++) {
-		json = files[i] && (k = read_file_at(AT_FDCWD, files[i], MAX_BODY, 0)) ? parse_object(k, files[i]) : NULL;
+		json = files[i] && (k = read_fd(open(files[i], O_RDONLY | O_CLOEXEC), files[i], MAX_BODY)) ? parse_object(k, files[i]) : NULL;
 		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(json, "auths")) {
 			k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
 			n = strcspn(k, "/");

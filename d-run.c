@@ -10,7 +10,8 @@
 #define IN_ROOT (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 
 static const char **args, *dir, *conf_name, *path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-static int nargs, dir_fd, root_fd, volumes;
+static int nargs, dir_fd, root_fd, nbinds;
+static struct { const char *dest, *host; } *binds; /* the volumes */
 static const char usage[] = "usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] [-n|--net] [-w|--rw] "
 	"[--debug] DIR [CMD...]";
 
@@ -78,6 +79,17 @@ static const char *mount_point(int root, const char *path, int file)
 	return host[strlen(fd_path(root))] ? host + strlen(fd_path(root)) : "/";
 }
 
+/* The file the sandbox will see at path: in a volume bound over it, else in the rootfs. */
+static int open_in_sandbox(const char *path, int flags)
+{
+	for (int i = nbinds - 1; i >= 0; i--) {
+		size_t n = strlen(binds[i].dest);
+		if (!strncmp(path, binds[i].dest, n) && (!path[n] || path[n] == '/'))
+			return open(xasprintf("%s%s", binds[i].host, path + n), flags | O_CLOEXEC);
+	}
+	return open_at(root_fd, path, flags, IN_ROOT);
+}
+
 /* The passwd or group line whose name, or number, is key; fields are split in place. */
 static int find_entry(char *text, const char *key, char **field, int nfields)
 {
@@ -92,22 +104,22 @@ static int find_entry(char *text, const char *key, char **field, int nfields)
 	return 0;
 }
 
-/* User is name, uid, name:group or uid:gid, looked up in the image's files, never the host's. */
+/* User is name, uid, name:group or uid:gid, looked up in the sandbox's files, never the host's. */
 static void add_user(const char *spec, const char **home)
 {
 	char *user = xasprintf("%s", spec), *group = strchr(user, ':'), *f[7], *text, *end;
 	const char *ids[2] = { user, "0" };
 	if (group)
 		*group++ = '\0';
-	text = read_file_at(root_fd, "/etc/passwd", MAX_FILE, IN_ROOT);
+	text = read_fd(open_in_sandbox("/etc/passwd", O_RDONLY), "/etc/passwd", MAX_FILE);
 	if (text && find_entry(text, user, f, 7))
 		ids[0] = f[2], ids[1] = f[3], *home = f[5];
-	text = group ? read_file_at(root_fd, "/etc/group", MAX_FILE, IN_ROOT) : NULL;
+	text = group ? read_fd(open_in_sandbox("/etc/group", O_RDONLY), "/etc/group", MAX_FILE) : NULL;
 	if (group)
 		ids[1] = text && find_entry(text, group, f, 4) ? f[2] : group;
 	for (int i = 0; i < 2; i++)
 		if (!*ids[i] || strtoul(ids[i], &end, 10) >= 0xffffffffUL || *end)
-			errx(1, "%s: no such %s in %s/rootfs/etc/%s", ids[i], i ? "group" : "user", dir, i ? "group" : "passwd");
+			errx(1, "%s: no such %s in the image's /etc/%s", ids[i], i ? "group" : "user", i ? "group" : "passwd");
 	add(4, "--uid", ids[0], "--gid", ids[1]);
 }
 
@@ -128,9 +140,11 @@ static void add_volume(const char *spec)
 		errx(1, "volume %s: want /path, host:/path, host:/path:ro or host:/path:rw", spec);
 	if (!(real = realpath(host, NULL)) || stat(real, &st))
 		err(1, "volume %s: %s", spec, host);
+	binds = xrealloc(binds, (nbinds + 1) * sizeof(*binds));
+	binds[nbinds].host = real;
+	binds[nbinds++].dest = mount_point(root_fd, dest, !S_ISDIR(st.st_mode));
 	add(3, !strncmp(real, "/dev/", 5) ? "--dev-bind" : mode && !strcmp(mode, "ro") ? "--ro-bind" : "--bind",
-		real, mount_point(root_fd, dest, !S_ISDIR(st.st_mode)));
-	volumes++;
+		real, binds[nbinds - 1].dest);
 }
 
 /* Env entries, or words of the command */
@@ -144,23 +158,20 @@ static void add_strings(const cJSON *config, const char *key, int env)
 	}
 }
 
-/* bwrap exits 1 when exec fails; a shell says 127 for a command not found, 126 for one that cannot
- * run. A command that is not in the image may come with a volume: bwrap will tell then. */
+/* bwrap exits 1 when exec fails; a shell says 127 for a command not found, 126 for one that cannot run. */
 static void check_command(const char *cmd, const char *workdir)
 {
 	char *dirs = xasprintf("%s", strchr(cmd, '/') ? *cmd == '/' ? "" : workdir : path_env), *d;
 	int fd, denied = 0;
 	struct stat st;
 	while ((d = strsep(&dirs, ":"))) {
-		if ((fd = open_at(root_fd, xasprintf("%s/%s", d, cmd), O_PATH, IN_ROOT)) < 0 || fstat(fd, &st))
+		if ((fd = open_in_sandbox(xasprintf("%s/%s", d, cmd), O_PATH)) < 0 || fstat(fd, &st))
 			continue;
 		close(fd);
 		if (S_ISREG(st.st_mode) && st.st_mode & 0111)
 			return;
 		denied = 1;
 	}
-	if (!denied && volumes)
-		return;
 	warnx("%s: %s", cmd, denied ? "permission denied" : "command not found");
 	exit(denied ? 126 : 127);
 }
@@ -209,7 +220,7 @@ int main(int argc, char **argv)
 		err(1, "%s", argv[optind - 1]);
 	if ((root_fd = openat(dir_fd, "rootfs", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s/rootfs", dir);
-	if (!(text = read_file_at(dir_fd, "config.json", MAX_FILE, 0)))
+	if (!(text = read_fd(openat(dir_fd, "config.json", O_RDONLY | O_CLOEXEC), "config.json", MAX_FILE)))
 		errx(1, "%s/config.json: missing", dir);
 	config = parse_object(text, conf_name = xasprintf("%s/config.json", dir));
 	net |= cJSON_IsTrue(json_get(config, "net", cJSON_IsBool, "true or false", conf_name));
@@ -228,18 +239,19 @@ int main(int argc, char **argv)
 			mount_point(root_fd, "/etc/hosts", 1));
 	if (hostname && *hostname)
 		add(2, "--hostname", hostname);
+	/* the image's volumes, then the options'; then the user, as they show it */
+	for (int i = 0; i < 2; i++)
+		cJSON_ArrayForEach(v, json_get(i ? opts : config, "Volumes", cJSON_IsObject, "an object", conf_name))
+			add_volume(v->string);
 	add_user(user && *user ? user : "0", &home);
 	add(3, "--chdir", mount_point(root_fd, workdir, 0), "--clearenv");
 	add_env(xasprintf("PATH=%s", path_env));
 	add_env(xasprintf("HOME=%s", home));
 	if (isatty(0) && getenv("TERM"))
 		add_env(xasprintf("TERM=%s", getenv("TERM")));
-	/* the image's Env and Volumes, then the options' */
-	for (int i = 0; i < 2; i++) {
-		add_strings(i ? opts : config, "Env", 1);
-		cJSON_ArrayForEach(v, json_get(i ? opts : config, "Volumes", cJSON_IsObject, "an object", conf_name))
-			add_volume(v->string);
-	}
+	add_strings(config, "Env", 1);
+	add_strings(opts, "Env", 1);
+	json_get(config, "Cmd", cJSON_IsArray, "a list of strings", conf_name);
 	add(1, "--");
 	command = nargs;
 	add_strings(config, "Entrypoint", 0);
@@ -251,7 +263,7 @@ int main(int argc, char **argv)
 		errx(1, "%s: no command: config.json has no Entrypoint or Cmd, so name one", dir);
 	check_command(args[command], workdir);
 	/* a 32-bit image (linux/386, linux/arm) runs with the 32-bit personality, as setarch gives */
-	text = read_file_at(dir_fd, "image.txt", MAX_FILE, 0);
+	text = read_fd(openat(dir_fd, "image.txt", O_RDONLY | O_CLOEXEC), "image.txt", MAX_FILE);
 	text = text && strchr(text, '\n') ? strchr(text, '\n') + 1 : "";
 	if ((!strncmp(text, "linux/386\n", 10) || !strncmp(text, "linux/arm/", 10)) && personality(PER_LINUX32) < 0)
 		err(1, "personality");

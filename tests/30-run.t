@@ -7,14 +7,14 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-SUITE_TESTS=104
+SUITE_TESTS=107
 plan $((2 * SUITE_TESTS + 18))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 make_ca >/dev/null || exit 1
 start_registry tls || exit 1
-for f in busybox full; do
+for f in busybox full hostile-config; do
 	push_fixture "$f" "$REG_TLS" >/dev/null || exit 1
 done
 HAVE_I386=
@@ -48,7 +48,7 @@ mkbox() {
 # tree_of DIR: a listing of everything under DIR, to compare before and after
 tree_of() { (cd "$1" && find . -printf '%p %y %s %T@\n' | LC_ALL=C sort); }
 
-# host_names: the network interfaces named in a /proc/net/dev on stdin
+# if_names: the network interfaces named in a /proc/net/dev on stdin
 if_names() { sed -n 's/^ *\([^ :]*\):.*/\1/p' | LC_ALL=C sort | tr '\n' ' '; }
 
 ns_ids() { # the namespaces of the process reading /proc/self/ns
@@ -116,6 +116,8 @@ suite() {
 	is "$me: -e KEY=VALUE overrides the image's Env" "$(drun -e FOO=baz "$H/box" sh -c 'echo $FOO')" baz
 	is "$me: -e KEY=VALUE adds a variable" "$(drun -e NEW='a b' "$H/box" sh -c 'echo "$NEW"')" "a b"
 	is "$me: -e KEY passes the caller's value" "$(BAR_HOST=from-host drun -e BAR_HOST "$H/box" sh -c 'echo $BAR_HOST')" from-host
+	ok "$me: -e KEY without a caller's value sets nothing" \
+		test -z "$(env -u NOPE_HOST "$WHO" "$DRUN" -e NOPE_HOST "$H/box" env | grep NOPE_HOST)"
 	is "$me: default PATH when the image has none" "$(drun "$H/user" sh -c 'echo $PATH')" "$DEFAULT_PATH"
 	is "$me: HOME from the user's passwd entry" "$(drun "$H/user" sh -c 'echo $HOME')" /home/user
 	is "$me: HOME is / for a uid without passwd entry" "$(drun -u 4242 "$H/box" sh -c 'echo $HOME')" /
@@ -252,6 +254,10 @@ suite() {
 	is "$me: \"net\": true in config.json shares the host's interfaces" "$(drun "$H/rw" cat /proc/net/dev | if_names)" "$host_if"
 	is "$me: with net, /etc/resolv.conf is the host's" "$(drun -n "$H/box" cat /etc/resolv.conf)" "$(cat /etc/resolv.conf)"
 	is "$me: with net, /etc/hosts is the host's" "$(drun -n "$H/box" cat /etc/hosts)" "$(cat /etc/hosts)"
+	"$WHO" "$DPULL" -q "$REG_TLS/hostile-config" "$H/hostile" 2>/dev/null
+	is "$me: an image whose config asks for net gets no network" "$(drun "$H/hostile" cat /proc/net/dev | if_names)" "lo "
+	like "$me: an image whose config asks for rw gets a read-only rootfs" \
+		"$(drun "$H/hostile" sh -c 'touch /newfile 2>&1; echo $?')" $'Read-only file system\n1$'
 	is "$me: no fd of the caller leaks into the sandbox" "$(fds_seen)" "0 1 2 3 "
 
 	# --die-with-parent: kill the caller of d-run, the command must go
@@ -269,7 +275,7 @@ suite() {
 	done
 	pid=$(pgrep -f "^sleep 3${uid}7\$")
 	is "$me: the command dies with d-run's parent (--die-with-parent)" "$pid" ""
-	[ -z "$pid" ] || kill "$pid"
+	xargs -r kill <<<"$pid" # only the sleep we started, by its pid
 	{ wait "$bg"; } 2>/dev/null
 
 	# --- ephemeral and shared -------------------------------------------------------------
@@ -314,8 +320,7 @@ suite() {
 	CI_ARGS=(-v "$H/ci/passwd:/etc/passwd:ro" -v "$H/ci/group:/etc/group:ro" -v "$H/ci/home:/home/builder:ro"
 		-v "$H/ci/build.sh:/build.sh:ro")
 	is "$me: CI job as builder (uid 4242 from the bound passwd): the script's exit 3" \
-		"$(status drun "${CI_ARGS[@]}" -u builder "$H/box" sh /build.sh)" 3
-	diag "$(cat "$T/err")"
+		"$(status drun "${CI_ARGS[@]}" -u builder "$H/box" sh /build.sh)" 3 || diag "$(cat "$T/err")"
 	is "$me: CI job as -u 4242:4242: the script's exit 3" \
 		"$(status drun "${CI_ARGS[@]}" -e HOME=/home/builder -u 4242:4242 "$H/box" sh /build.sh)" 3
 }

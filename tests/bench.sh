@@ -28,6 +28,12 @@ die() {
 	_FAILED=1 # lib.sh's cleanup then exits 1
 	exit 1
 }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "usage: tests/bench.sh [ROUNDS]"
+
+# a snapshot of the binaries, so that a rebuild during the run cannot mix versions or break it
+mkdir "$T/bin" || die "mkdir $T/bin"
+cp "$DPULL" "$DRUN" "$T/bin/" || die "no $DPULL or $DRUN: run make"
+DPULL=$T/bin/d-pull DRUN=$T/bin/d-run
 
 # Everything on a tmpfs: ours when root, else a directory in /dev/shm.
 if [ "$(id -u)" = 0 ]; then
@@ -175,6 +181,7 @@ secs() { awk -v u="$1" 'BEGIN { printf "%.2f s", u / 1e6 }'; }
 
 printf '# image: %d layers, %d MB (%d MB gzip), %d entries; %s registry %s; %d rounds\n' \
 	"$NLAYERS" $((BYTES >> 20)) $((GZBYTES >> 20)) "$ENTRIES" "$KIND" "$REG" "$ROUNDS"
+echo "# $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the numbers)"
 echo "# warm-up round (its warm run fills the warm cache; not counted)"
 for c in "${CONTENDERS[@]}"; do
 	measure "$c"
@@ -266,7 +273,9 @@ row "bare bwrap with the same argv, ms" "$(ms "$BWRAP_T")" "" ""
 row "env bwrap ... (one extra exec), ms" "$(ms "$ENV_T")" "" ""
 goal "d-run / bwrap" "$(ratio "$DRUN_T" "$BWRAP_T")" "<=" 1.10
 row "(env bwrap) / bwrap: the floor for a wrapper" "$(ratio "$ENV_T" "$BWRAP_T")" "" "info"
+row "d-run / (env bwrap)" "$(ratio "$DRUN_T" "$ENV_T")" "" "info"
 echo "# time %M is the largest peak of any one process of the tree (wait4 reports the max, not"
 echo "# the sum); the PSS line samples the whole tree every 5 ms, so it may miss a short peak."
 echo "# zlib | tar: a Python zlib pipe into tar -x (about 15 ms of Python start per layer)."
-echo "# d-run: hyperfine -N, 3 x 200 runs each, order rotated per run. Took ${SECONDS} s."
+echo "# d-run: hyperfine -N, 3 x 200 runs each, order rotated per run."
+echo "# load average at the end $(cut -d' ' -f1-3 /proc/loadavg); took ${SECONDS} s."
