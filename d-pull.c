@@ -347,8 +347,7 @@ static void write_config(const char *text, const char *what, char **platform)
 	write_file(xasprintf("%s/config.json", out_dir), O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
 }
 
-/* rm -rf name below dirfd, never following a symlink, however deep; nothing there, or a file
- * where a directory is named (a whiteout below a file), is no error */
+/* rm -rf by fds, never following a symlink; nothing there, or a file as a parent, is no error */
 static void remove_tree(int dirfd, const char *name)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -368,8 +367,7 @@ static int compare(const void *a, const void *b)
 	return strcmp(a, b);
 }
 
-/* Opaque whiteout: below its directory, remove what this layer did not write, and look
- * inside what it wrote. */
+/* Opaque whiteout: remove what this layer did not write below the directory, look into what it did. */
 static int clear_lower(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
 	(void)st, (void)type;
@@ -461,9 +459,8 @@ static void extract_layer(int fd, const char *digest)
 	close(fd);
 }
 
-/* A child chrooted into the rootfs unpacks each layer as soon as it has its name in the cache,
- * while later ones still download. Unprivileged, a user namespace that maps only ourselves
- * grants the chroot. */
+/* A child chrooted into the rootfs unpacks each layer once it has its name in the cache, while later
+ * ones still download. Unprivileged, a user namespace that maps only ourselves grants the chroot. */
 static void start_extractor(const char *rootfs)
 {
 	uid_t uid = getuid();
@@ -497,7 +494,7 @@ static void start_extractor(const char *rootfs)
 static void fetch_layers(void)
 {
 	CURLM *multi = curl_multi_init();
-	int pending = 0, running, left, tty = !quiet && isatty(2);
+	int pending = 0, running, left, finished, tty = isatty(2);
 	time_t begin = time(NULL);
 	struct transfer *t;
 	CURLMsg *msg;
@@ -513,25 +510,23 @@ static void fetch_layers(void)
 	}
 	while (pending) {
 		curl_multi_perform(multi, &running);
-		while ((msg = curl_multi_info_read(multi, &left))) {
+		for (finished = 0; (msg = curl_multi_info_read(multi, &left));) {
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
 			curl_multi_remove_handle(multi, msg->easy_handle);
 			if (finish(t, msg->easy_handle, msg->data.result)) {
 				curl_multi_add_handle(multi, start(t));
 				continue;
 			}
-			pending--;
-			if (!quiet && !tty)
-				warnx("%s: downloaded, %.1f MB", t->digest, t->bytes / 1e6);
+			pending--, finished++;
 		}
-		if (tty)
-			fprintf(stderr, "\r\033[K%s: %d of %d layers to download, %.1f MB done, %.1f MB/s",
-				program_invocation_short_name, pending, nlayers, downloaded / 1e6, downloaded / 1e6 / (time(NULL) - begin + 1));
+		/* on a terminal one live line, in a log one line a layer */
+		if (!quiet && (tty || finished))
+			fprintf(stderr, "%s%s: %d of %d layers to download, %.1f MB at %.1f MB/s%s", tty ? "\r\033[K" : "",
+				program_invocation_short_name, pending, nlayers, downloaded / 1e6,
+				downloaded / 1e6 / (time(NULL) - begin + 1), tty && pending ? "" : "\n");
 		if (pending)
 			curl_multi_poll(multi, NULL, 0, 1000, NULL);
 	}
-	if (tty)
-		fputc('\n', stderr);
 }
 
 /* Opens the cache and removes what was not used for 30 days; that only warns if it fails. */
@@ -617,14 +612,12 @@ int main(int argc, char **argv)
 	const char *platform = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
-		if (c == 'h')
-			return puts(usage) == EOF;
-		else if (c == '?')
-			errx(2, "%s", usage);
-		else if (c == 'q')
-			quiet = 1;
-		else
-			platform = optarg;
+		switch (c) {
+		case 'h': return puts(usage) == EOF;
+		case 'q': quiet = 1; break;
+		case 'p': platform = optarg; break;
+		default: errx(2, "%s", usage);
+		}
 	if (argc - optind < 1 || argc - optind > 2)
 		errx(2, "%s", usage);
 	parse_ref(argv[optind]);

@@ -94,9 +94,8 @@ static int open_in_sandbox(const char *path, int flags)
 static int find_entry(char *text, const char *key, char **field, int nfields)
 {
 	char *line, *save = NULL;
-	int i;
 	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		for (i = 0; i < nfields; i++)
+		for (int i = 0; i < nfields; i++)
 			field[i] = strsep(&line, ":");
 		if (field[nfields - 1] && (!strcmp(field[0], key) || !strcmp(field[2], key)))
 			return 1;
@@ -126,25 +125,21 @@ static void add_user(const char *spec, const char **home)
 /* /path keeps its data in DIR/volumes/path; host:/path[:ro|:rw] binds a host path, a device under /dev. */
 static void add_volume(const char *spec)
 {
-	char *s = xasprintf("%s", spec), *dest = strchr(s, ':'), *mode = NULL, *host = s, *real;
+	char *s = xasprintf("%s", spec), *host = strsep(&s, ":"), *dest = strsep(&s, ":"), *mode = s, *real;
 	struct stat st;
-	if (dest) {
-		*dest++ = '\0';
-		if ((mode = strchr(dest, ':')))
-			*mode++ = '\0';
-	} else {
-		dest = s;
-		host = xasprintf("%s%s", dir, mount_point(dir_fd, xasprintf("volumes/%s", dest), 0));
-	}
-	if (*dest != '/' || !*host || (mode && strcmp(mode, "ro") && strcmp(mode, "rw")))
+	if (!dest)
+		dest = host, host = NULL;
+	if (*dest != '/' || (host && !*host) || (mode && strcmp(mode, "ro") && strcmp(mode, "rw")))
 		errx(1, "volume %s: want /path, host:/path, host:/path:ro or host:/path:rw", spec);
+	if (!host)
+		host = xasprintf("%s%s", dir, mount_point(dir_fd, xasprintf("volumes/%s", dest), 0));
 	if (!(real = realpath(host, NULL)) || stat(real, &st))
 		err(1, "volume %s: %s", spec, host);
 	binds = xrealloc(binds, (nbinds + 1) * sizeof(*binds));
 	binds[nbinds].host = real;
-	binds[nbinds++].dest = mount_point(root_fd, dest, !S_ISDIR(st.st_mode));
+	binds[nbinds].dest = mount_point(root_fd, dest, !S_ISDIR(st.st_mode));
 	add(3, !strncmp(real, "/dev/", 5) ? "--dev-bind" : mode && !strcmp(mode, "ro") ? "--ro-bind" : "--bind",
-		real, binds[nbinds - 1].dest);
+		real, binds[nbinds++].dest);
 }
 
 /* Env entries, or words of the command */
@@ -191,9 +186,8 @@ static void print_command(void)
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "help", no_argument, NULL, 'h' }, { "volume", required_argument, NULL, 'v' },
-		{ "env", required_argument, NULL, 'e' }, { "user", required_argument, NULL, 'u' },
-		{ "net", no_argument, NULL, 'n' }, { "rw", no_argument, NULL, 'w' },
+		{ "help", no_argument, NULL, 'h' }, { "volume", required_argument, NULL, 'v' }, { "env", required_argument, NULL, 'e' },
+		{ "user", required_argument, NULL, 'u' }, { "net", no_argument, NULL, 'n' }, { "rw", no_argument, NULL, 'w' },
 		{ "fakeroot", no_argument, NULL, 'r' }, { "debug", no_argument, NULL, 'd' }, { NULL, 0, NULL, 0 },
 	};
 	cJSON *config, *opts = cJSON_CreateObject(), *env = cJSON_AddArrayToObject(opts, "Env");
@@ -228,7 +222,6 @@ int main(int argc, char **argv)
 	user = user ? user : json_string(config, "User", conf_name);
 	workdir = json_string(config, "WorkingDir", conf_name);
 	workdir = workdir && *workdir ? workdir : "/";
-	hostname = json_string(config, "Hostname", conf_name);
 	add(13, "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", rw ? "--bind" : "--ro-bind",
 		xasprintf("%s/rootfs", dir), "/", "--proc", mount_point(root_fd, "/proc", 0),
 		"--dev", mount_point(root_fd, "/dev", 0), "--tmpfs", mount_point(root_fd, "/tmp", 0));
@@ -237,7 +230,7 @@ int main(int argc, char **argv)
 		add(7, "--share-net", "--ro-bind", realpath("/etc/resolv.conf", NULL),
 			mount_point(root_fd, "/etc/resolv.conf", 1), "--ro-bind", realpath("/etc/hosts", NULL),
 			mount_point(root_fd, "/etc/hosts", 1));
-	if (hostname && *hostname)
+	if ((hostname = json_string(config, "Hostname", conf_name)) && *hostname)
 		add(2, "--hostname", hostname);
 	/* the image's volumes, then the options'; then the user, as they show it */
 	for (int i = 0; i < 2; i++)
