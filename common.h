@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Helpers shared by d-pull and d-run: allocation, bounded reads, JSON. Errors use err(3). */
-#ifndef COMMON_H
-#define COMMON_H
+#pragma once
 #include <cjson/cJSON.h>
 #include <err.h>
 #include <errno.h>
@@ -26,4 +25,3 @@ cJSON *parse_object(const char *text, const char *what);
 const cJSON *json_get(const cJSON *obj, const char *key, cJSON_bool (*is)(const cJSON *), const char *type,
 		      const char *what);
 const char *json_string(const cJSON *obj, const char *key, const char *what);
-#endif

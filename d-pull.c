@@ -34,7 +34,7 @@ struct transfer {
 	curl_off_t bytes;
 	long status;
 	EVP_MD_CTX *md;
-	struct curl_slist *headers;
+	struct curl_slist *headers; /* not freed on a retry: rare */
 };
 static struct { char *registry, *host, *repo, *tag, *digest; } ref;
 static const char *want, *out_dir;
@@ -129,7 +129,6 @@ static CURL *start(struct transfer *t)
 	if (!(t->md = t->md ? t->md : EVP_MD_CTX_new()) || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
 		errx(1, "sha256 failed");
 	t->bytes = 0;
-	curl_slist_free_all(t->headers);
 	t->headers = t->registry ? curl_slist_append(NULL, accept) : NULL;
 	if (auth)
 		t->headers = curl_slist_append(t->headers, auth);
@@ -183,11 +182,9 @@ static int finish(struct transfer *t, CURL *h, CURLcode rc)
 	strcpy(t->digest, got);
 	/* a layer's verified body gets its name in the cache; one there already is the same */
 	snprintf(got, sizeof(got), "/proc/self/fd/%d", fileno(t->out));
-	if (t->layer && (fflush(t->out) || (linkat(AT_FDCWD, got, cache_fd, t->digest, AT_SYMLINK_FOLLOW) &&
-		errno != EEXIST)))
+	if ((t->layer && (fflush(t->out) || (linkat(AT_FDCWD, got, cache_fd, t->digest, AT_SYMLINK_FOLLOW) &&
+		errno != EEXIST))) || fclose(t->out))
 		err(1, "%s/%s", cache_path, t->digest);
-	if (fclose(t->out))
-		err(1, "%s", t->url);
 	return 0;
 }
 
@@ -463,8 +460,7 @@ static void extract_layer(int fd, const char *digest)
  * ones still download. Unprivileged, a user namespace that maps only ourselves grants the chroot. */
 static void start_extractor(const char *rootfs)
 {
-	uid_t uid = getuid();
-	gid_t gid = getgid();
+	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
 	int fd;
 	if ((extractor = fork()) < 0)
 		err(1, "fork");
@@ -475,8 +471,8 @@ static void start_extractor(const char *rootfs)
 		err(1, "unshare a user namespace");
 	if (rootless) {
 		write_file("/proc/self/setgroups", 0, "deny");
-		write_file("/proc/self/uid_map", 0, xasprintf("0 %u 1", uid));
-		write_file("/proc/self/gid_map", 0, xasprintf("0 %u 1", gid));
+		write_file("/proc/self/uid_map", 0, uid_map);
+		write_file("/proc/self/gid_map", 0, gid_map);
 	}
 	if (chroot(rootfs) || chdir("/"))
 		err(1, "chroot %s", rootfs);
@@ -500,8 +496,7 @@ static void fetch_layers(void)
 	CURLMsg *msg;
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
 	for (t = layers; t < layers + nlayers; t++) {
-		/* touched on use: the cache keeps what was used in the last 30 days */
-		if (!utimensat(cache_fd, t->digest, NULL, 0))
+		if (!utimensat(cache_fd, t->digest, NULL, 0)) /* touched on use: kept 30 days more */
 			continue;
 		if (errno != ENOENT)
 			err(1, "%s/%s", cache_path, t->digest);
@@ -538,8 +533,7 @@ static void open_cache(void)
 	struct stat st;
 	DIR *d;
 	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg) : xasprintf("%s/.cache/d-utils", home ? home : "");
-	/* ~/.cache may be missing; a failure shows when the cache is opened */
-	mkdir(dirname(xasprintf("%s", cache_path)), 0755);
+	mkdir(dirname(xasprintf("%s", cache_path)), 0755); /* ~/.cache; failures show at open() */
 	mkdir(cache_path, 0755);
 	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || !(d = fdopendir(dup(cache_fd))))
 		err(1, "%s", cache_path);

@@ -9,6 +9,7 @@
 #define MAX_FILE (1 << 20)
 #define IN_ROOT (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 
+/* d-run execs bwrap at once and closes every fd then: it leaves fds open for that. */
 static const char **args, *dir, *conf_name, *path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 static int nargs, dir_fd, root_fd, nbinds;
 static struct { const char *dest, *host; } *binds; /* the volumes */
@@ -71,11 +72,9 @@ static const char *mount_point(int root, const char *path, int file)
 		}
 		if (fd < 0)
 			err(1, "%s: %s", fd_path(root), p);
-		close(parent);
 		*end = c;
 	}
 	host = fd_path(fd);
-	close(fd);
 	return host[strlen(fd_path(root))] ? host + strlen(fd_path(root)) : "/";
 }
 
@@ -162,7 +161,6 @@ static void check_command(const char *cmd, const char *workdir)
 	while ((d = strsep(&dirs, ":"))) {
 		if ((fd = open_in_sandbox(xasprintf("%s/%s", d, cmd), O_PATH)) < 0 || fstat(fd, &st))
 			continue;
-		close(fd);
 		if (S_ISREG(st.st_mode) && st.st_mode & 0111)
 			return;
 		denied = 1;
@@ -257,8 +255,7 @@ int main(int argc, char **argv)
 	check_command(args[command], workdir);
 	/* a 32-bit image (linux/386, linux/arm) runs with the 32-bit personality, as setarch gives */
 	text = read_fd(openat(dir_fd, "image.txt", O_RDONLY | O_CLOEXEC), "image.txt", MAX_FILE);
-	text = text && strchr(text, '\n') ? strchr(text, '\n') + 1 : "";
-	if ((!strncmp(text, "linux/386\n", 10) || !strncmp(text, "linux/arm/", 10)) && personality(PER_LINUX32) < 0)
+	if (text && (strstr(text, "\nlinux/386\n") || strstr(text, "\nlinux/arm/")) && personality(PER_LINUX32) < 0)
 		err(1, "personality");
 	if (debug)
 		print_command();
