@@ -9,7 +9,7 @@ SOURCES = d-pull.c d-run.c common.c common.h
 DEBS = gcc make pkg-config libcurl4-openssl-dev libarchive-dev libcjson-dev libssl-dev \
 	bubblewrap ca-certificates \
 	docker-registry skopeo umoci busybox-static python3 python3-jwt python3-cryptography \
-	openssl zstd perl util-linux shellcheck
+	openssl zstd perl util-linux curl jq shellcheck
 
 all: d-pull d-run
 
