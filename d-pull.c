@@ -516,8 +516,8 @@ static void fetch_layers(void)
 		}
 		/* on a terminal one live line, in a log one line a layer */
 		if (!quiet && (tty || finished))
-			fprintf(stderr, "%s%s: %d of %d layers to download, %.1f MB at %.1f MB/s%s", tty ? "\r\033[K" : "",
-				program_invocation_short_name, pending, nlayers, downloaded / 1e6,
+			fprintf(stderr, "%s%s: %d of %d layers in the cache, %.1f MB downloaded at %.1f MB/s%s",
+				tty ? "\r\033[K" : "", program_invocation_short_name, nlayers - pending, nlayers, downloaded / 1e6,
 				downloaded / 1e6 / (time(NULL) - begin + 1), tty && pending ? "" : "\n");
 		if (pending)
 			curl_multi_poll(multi, NULL, 0, 1000, NULL);
