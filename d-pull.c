@@ -626,7 +626,5 @@ int main(int argc, char **argv)
 	load_credentials();
 	pull();
 	done = 1;
-	if (!quiet)
-		warnx("pulled into %s", out_dir);
 	return 0;
 }
