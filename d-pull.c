@@ -307,8 +307,7 @@ static const char *select_platform(const cJSON *index)
 				errx(1, "%s/%s: index: invalid digest for %s", ref.registry, ref.repo, name);
 			return digest;
 		}
-		/* attestations say unknown/unknown */
-		if (strncmp(name, "unknown/", 8))
+		if (strncmp(name, "unknown/", 8)) /* attestations */
 			available = xasprintf("%s %s", available, name);
 	}
 	errx(1, "%s/%s: no image for %s; available:%s", ref.registry, ref.repo, want, *available ? available : " none");
@@ -416,8 +415,7 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 	}
 	if (!*name && type != AE_IFDIR)
 		errx(1, "%s: the root entry is not a directory", digest);
-	/* unprivileged, the user must stay able to write and remove every directory */
-	archive_entry_set_perm(e, perm | (type == AE_IFDIR && rootless ? 0700 : 0));
+	archive_entry_set_perm(e, perm | (type == AE_IFDIR && rootless ? 0700 : 0)); /* so the user can rm -rf */
 	if (*name && !lstat(name, &st) && !(S_ISDIR(st.st_mode) && type == AE_IFDIR))
 		remove_tree(AT_FDCWD, name);
 	archive_entry_set_pathname(e, *name ? name : ".");
@@ -626,5 +624,7 @@ int main(int argc, char **argv)
 	load_credentials();
 	pull();
 	done = 1;
+	if (!quiet)
+		warnx("pulled into %s", out_dir);
 	return 0;
 }
