@@ -27,11 +27,11 @@
 /* One GET, into memory or, for a layer, into an unnamed file in the cache. */
 struct transfer {
 	char *url, digest[DIGEST_LEN + 1]; /* what the body must hash to; filled in if empty */
-	int registry, layer, tries;        /* registry: Accept manifests, renew the token on a 401 */
+	int registry, layer, tries, fd;    /* registry: Accept manifests, renew the token on a 401 */
 	char *body, *challenge;
 	size_t len;
 	FILE *out;
-	curl_off_t bytes;
+	curl_off_t bytes, size; /* size: what the manifest says a layer has */
 	long status;
 	EVP_MD_CTX *md;
 	struct curl_slist *headers; /* not freed on a retry: rare */
@@ -52,7 +52,8 @@ static int valid_digest(const char *d)
 }
 
 /* distribution's reference grammar, the tag and digest included */
-static const char name_grammar[] = "^(([A-Za-z0-9.-]+(:[0-9]+)?|\\[[0-9a-fA-F:]+\\](:[0-9]+)?)/)?"
+static const char name_grammar[] = "^((localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|\\[[0-9a-fA-F:]+\\])"
+	"(:[0-9]+)?/)?"
 	"[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
 	"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$";
 
@@ -110,7 +111,7 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
 	downloaded += t->layer ? n : 0;
-	if ((t->bytes += n) > MAX_BODY && !t->layer)
+	if ((t->bytes += n) > (t->layer ? t->size : MAX_BODY))
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
 	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
 }
@@ -138,8 +139,8 @@ static CURL *start(struct transfer *t)
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 30L);
 	if (ca || (ca = getenv("SSL_CERT_FILE")))
 		curl_easy_setopt(h, CURLOPT_CAINFO, ca);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
@@ -272,7 +273,7 @@ static void connect_registry(void)
 {
 	const char *list = getenv("D_PULL_INSECURE"), *r = ref.registry;
 	struct transfer t = { .url = xasprintf("https://%s/v2/", ref.host) };
-	int insecure = !strncmp(r, "127.", 4) || !strncmp(r, "[::1]", 5) || !strcmp(r, "localhost") ||
+	int insecure = (!strncmp(r, "127.", 4) && !r[strspn(r, "0123456789.:")]) || !strncmp(r, "[::1]", 5) || !strcmp(r, "localhost") ||
 		!strncmp(r, "localhost:", 10);
 	CURL *h = start(&t);
 	insecure |= list && strstr(xasprintf(",%s,", list), xasprintf(",%s,", r));
@@ -289,6 +290,8 @@ static const char *platform_name(const cJSON *p)
 {
 	const char *os = json_string(p, "os", "platform"), *arch = json_string(p, "architecture", "platform");
 	const char *variant = json_string(p, "variant", "platform");
+	if (!variant && arch) /* the spec's defaults */
+		variant = !strcmp(arch, "arm64") ? "v8" : !strcmp(arch, "arm") ? "v7" : NULL;
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "", variant ? variant : "");
 }
 
@@ -307,7 +310,7 @@ static const char *select_platform(const cJSON *index)
 				errx(1, "%s/%s: index: invalid digest for %s", ref.registry, ref.repo, name);
 			return digest;
 		}
-		if (strncmp(name, "unknown/", 8)) /* attestations */
+		if (strncmp(name, "unknown/", 8) && strlen(available) < 400) /* not attestations, not all of a huge list */
 			available = xasprintf("%s %s", available, name);
 	}
 	errx(1, "%s/%s: no image for %s; available:%s", ref.registry, ref.repo, want, *available ? available : " none");
@@ -327,10 +330,9 @@ static void write_config(const char *text, const char *what, char **platform)
 	config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
 	if (!cJSON_IsObject(config))
 		cJSON_Delete(config), config = cJSON_CreateObject();
-	if (cJSON_GetObjectItemCaseSensitive(config, "net") || cJSON_GetObjectItemCaseSensitive(config, "rw"))
-		warnx("%s: image config sets \"net\" or \"rw\": dropped, only the user can grant them", what);
-	cJSON_DeleteItemFromObjectCaseSensitive(config, "net");
-	cJSON_DeleteItemFromObjectCaseSensitive(config, "rw");
+	while ((v = cJSON_DetachItemFromObjectCaseSensitive(config, "net")) ||
+	       (v = cJSON_DetachItemFromObjectCaseSensitive(config, "rw")))
+		warnx("%s: image config sets \"%s\": dropped, only the user can grant it", what, v->string);
 	volumes = cJSON_GetObjectItemCaseSensitive(config, "Volumes");
 	for (v = cJSON_IsObject(volumes) ? volumes->child : NULL; v; v = next) {
 		next = v->next;
@@ -378,7 +380,8 @@ static void apply_whiteout(char *name, char *base)
 {
 	if (strcmp(base, ".wh..wh..opq")) {
 		memmove(base, base + 4, strlen(base + 4) + 1);
-		if (!tfind(name, &written, compare))
+		/* ".wh.", ".wh.." and aufs' own ".wh..wh.*" name nothing to remove */
+		if (*base && strcmp(base, ".") && strcmp(base, "..") && strncmp(base, ".wh.", 4) && !tfind(name, &written, compare))
 			remove_tree(AT_FDCWD, name);
 		return;
 	}
@@ -436,7 +439,9 @@ static void extract_layer(int fd, const char *digest)
 	struct archive *in = archive_read_new(), *out = archive_write_disk_new();
 	struct archive_entry *e;
 	int r;
-	archive_read_support_filter_all(in);
+	/* not filter_all: for some formats libarchive runs a program, which a layer could supply */
+	archive_read_support_filter_gzip(in);
+	archive_read_support_filter_zstd(in);
 	archive_read_support_format_tar(in);
 	archive_read_support_format_empty(in);
 	archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
@@ -460,11 +465,15 @@ static void start_extractor(const char *rootfs)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
 	int fd;
+	for (int i = 0; i < nlayers; i++) /* cached layers are held open: a prune cannot take them now */
+		if ((layers[i].fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 && errno != ENOENT)
+			err(1, "%s/%s", cache_path, layers[i].digest);
 	if ((extractor = fork()) < 0)
 		err(1, "fork");
 	if (extractor)
 		return;
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+		_exit(1);
 	if (rootless && unshare(CLONE_NEWUSER))
 		err(1, "unshare a user namespace");
 	if (rootless) {
@@ -475,7 +484,8 @@ static void start_extractor(const char *rootfs)
 	if (chroot(rootfs) || chdir("/"))
 		err(1, "chroot %s", rootfs);
 	for (int i = 0; i < nlayers; i++) {
-		while ((fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 && errno == ENOENT)
+		while ((fd = layers[i].fd) < 0 && (fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 &&
+		       errno == ENOENT)
 			usleep(10000);
 		if (fd < 0)
 			err(1, "%s/%s", cache_path, layers[i].digest);
@@ -494,10 +504,10 @@ static void fetch_layers(void)
 	CURLMsg *msg;
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
 	for (t = layers; t < layers + nlayers; t++) {
-		if (!utimensat(cache_fd, t->digest, NULL, 0)) /* touched on use: kept 30 days more */
-			continue;
-		if (errno != ENOENT)
+		if (t->fd >= 0 && futimens(t->fd, NULL)) /* touched on use: kept 30 days more */
 			err(1, "%s/%s", cache_path, t->digest);
+		if (t->fd >= 0)
+			continue;
 		pending++;
 		curl_multi_add_handle(multi, start(t));
 	}
@@ -574,8 +584,8 @@ static void pull(void)
 	cJSON_ArrayForEach(layer, list) {
 		if (!valid_digest(reference = json_string(layer, "digest", "manifest")))
 			errx(1, "%s/%s: manifest: invalid layer digest", ref.registry, ref.repo);
-		layers[nlayers] = (struct transfer){ .url = xasprintf("%s/blobs/%s", base_url, reference),
-			.registry = 1, .layer = 1 };
+		layers[nlayers] = (struct transfer){ .url = xasprintf("%s/blobs/%s", base_url, reference), .registry = 1,
+			.layer = 1, .size = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(layer, "size")) };
 		strcpy(layers[nlayers++].digest, reference);
 	}
 	full_name = xasprintf("%s/%s%s%s@%s", ref.registry, ref.repo, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);

@@ -28,10 +28,11 @@ static void add(int n, ...)
 	va_end(ap);
 }
 
-static void add_env(const char *entry)
+/* An entry KEY=VALUE; a KEY alone takes the caller's value, for -e only (the caller is set) */
+static void add_env(const char *entry, int caller)
 {
 	char *key = xasprintf("%s", entry), *value = strchr(key, '=');
-	if (!value && !(value = getenv(key))) /* -e KEY passes on the caller's value, if any */
+	if (!value && !(caller && (value = getenv(key))))
 		return;
 	if (*value == '=')
 		*value++ = '\0';
@@ -78,15 +79,23 @@ static const char *mount_point(int root, const char *path, int file)
 	return host[strlen(fd_path(root))] ? host + strlen(fd_path(root)) : "/";
 }
 
-/* The file the sandbox will see at path: in a volume bound over it, else in the rootfs. */
+/* The volume bound over path, or -1 */
+static int bind_over(const char *path)
+{
+	for (int i = nbinds - 1; i >= 0; i--)
+		if (!strncmp(path, binds[i].dest, strlen(binds[i].dest)) && strchr("/", path[strlen(binds[i].dest)]))
+			return i;
+	return -1;
+}
+
+/* The file the sandbox will see at path; to read, never through a symlink a run put in a volume */
 static int open_in_sandbox(const char *path, int flags)
 {
-	for (int i = nbinds - 1; i >= 0; i--) {
-		size_t n = strlen(binds[i].dest);
-		if (!strncmp(path, binds[i].dest, n) && (!path[n] || path[n] == '/'))
-			return open(xasprintf("%s%s", binds[i].host, path + n), flags | O_CLOEXEC);
-	}
-	return open_at(root_fd, path, flags, IN_ROOT);
+	int i = bind_over(path);
+	if (i < 0)
+		return open_at(root_fd, path, flags, IN_ROOT);
+	return open_at(AT_FDCWD, xasprintf("%s%s", binds[i].host, path + strlen(binds[i].dest)), flags,
+		flags & O_PATH ? 0 : RESOLVE_NO_SYMLINKS);
 }
 
 /* The passwd or group line whose name, or number, is key; fields are split in place. */
@@ -109,10 +118,10 @@ static void add_user(const char *spec, const char **home)
 	const char *ids[2] = { user, "0" };
 	if (group)
 		*group++ = '\0';
-	text = read_fd(open_in_sandbox("/etc/passwd", O_RDONLY), "/etc/passwd", MAX_FILE);
+	text = read_fd(open_in_sandbox("/etc/passwd", O_RDONLY | O_NONBLOCK), "/etc/passwd", MAX_FILE);
 	if (text && find_entry(text, user, f, 7))
 		ids[0] = f[2], ids[1] = f[3], *home = f[5];
-	text = group ? read_fd(open_in_sandbox("/etc/group", O_RDONLY), "/etc/group", MAX_FILE) : NULL;
+	text = group ? read_fd(open_in_sandbox("/etc/group", O_RDONLY | O_NONBLOCK), "/etc/group", MAX_FILE) : NULL;
 	if (group)
 		ids[1] = text && find_entry(text, group, f, 4) ? f[2] : group;
 	for (int i = 0; i < 2; i++)
@@ -128,8 +137,12 @@ static void add_volume(const char *spec)
 	struct stat st;
 	if (!dest)
 		dest = host, host = NULL;
-	if (*dest != '/' || (host && !*host) || (mode && strcmp(mode, "ro") && strcmp(mode, "rw")))
-		errx(1, "volume %s: want /path, host:/path, host:/path:ro or host:/path:rw", spec);
+	if (*dest != '/' || !dest[1] || strstr(xasprintf("%s/", dest), "/../") || (host && !*host) ||
+	    (mode && strcmp(mode, "ro") && strcmp(mode, "rw")))
+		errx(1, "volume %s: want /path, host:/path, host:/path:ro or host:/path:rw, without ..", spec);
+	/* bwrap would follow, in the first, symlinks that a run put there */
+	if (bind_over(dest) >= 0)
+		errx(1, "volume %s: inside volume %s", spec, binds[bind_over(dest)].dest);
 	if (!host)
 		host = xasprintf("%s%s", dir, mount_point(dir_fd, xasprintf("volumes/%s", dest), 0));
 	if (!(real = realpath(host, NULL)) || stat(real, &st))
@@ -141,14 +154,14 @@ static void add_volume(const char *spec)
 		real, binds[nbinds++].dest);
 }
 
-/* Env entries, or words of the command */
+/* words of the command, or Env entries: 1 the image's, 2 the options' */
 static void add_strings(const cJSON *config, const char *key, int env)
 {
 	const cJSON *s;
 	cJSON_ArrayForEach(s, json_get(config, key, cJSON_IsArray, "a list of strings", conf_name)) {
 		if (!cJSON_IsString(s))
 			errx(1, "%s: \"%s\" is not a list of strings", conf_name, key);
-		env ? add_env(s->valuestring) : add(1, s->valuestring);
+		env ? add_env(s->valuestring, env == 2) : add(1, s->valuestring);
 	}
 }
 
@@ -190,7 +203,7 @@ int main(int argc, char **argv)
 	};
 	cJSON *config, *opts = cJSON_CreateObject(), *env = cJSON_AddArrayToObject(opts, "Env");
 	cJSON *vols = cJSON_AddObjectToObject(opts, "Volumes"), *v;
-	const char *user = NULL, *home = "/", *workdir, *hostname;
+	const char *user = NULL, *home = "/", *workdir, *hostname, *resolv, *hosts;
 	int net = 0, rw = 0, debug = 0, command, c;
 	char *text;
 	while ((c = getopt_long(argc, argv, "+hv:e:u:nwr", options, NULL)) != -1)
@@ -224,10 +237,11 @@ int main(int argc, char **argv)
 		xasprintf("%s/rootfs", dir), "/", "--proc", mount_point(root_fd, "/proc", 0),
 		"--dev", mount_point(root_fd, "/dev", 0), "--tmpfs", mount_point(root_fd, "/tmp", 0));
 	/* the host's resolv.conf is often a symlink: bind what it points to */
+	if (net && (!(resolv = realpath("/etc/resolv.conf", NULL)) || !(hosts = realpath("/etc/hosts", NULL))))
+		err(1, "/etc/resolv.conf or /etc/hosts");
 	if (net)
-		add(7, "--share-net", "--ro-bind", realpath("/etc/resolv.conf", NULL),
-			mount_point(root_fd, "/etc/resolv.conf", 1), "--ro-bind", realpath("/etc/hosts", NULL),
-			mount_point(root_fd, "/etc/hosts", 1));
+		add(7, "--share-net", "--ro-bind", resolv, mount_point(root_fd, "/etc/resolv.conf", 1), "--ro-bind",
+			hosts, mount_point(root_fd, "/etc/hosts", 1));
 	if ((hostname = json_string(config, "Hostname", conf_name)) && *hostname)
 		add(2, "--hostname", hostname);
 	/* the image's volumes, then the options'; then the user, as they show it */
@@ -236,12 +250,12 @@ int main(int argc, char **argv)
 			add_volume(v->string);
 	add_user(user && *user ? user : "0", &home);
 	add(3, "--chdir", mount_point(root_fd, workdir, 0), "--clearenv");
-	add_env(xasprintf("PATH=%s", path_env));
-	add_env(xasprintf("HOME=%s", home));
+	add_env(xasprintf("PATH=%s", path_env), 0);
+	add_env(xasprintf("HOME=%s", home), 0);
 	if (isatty(0) && getenv("TERM"))
-		add_env(xasprintf("TERM=%s", getenv("TERM")));
+		add_env(xasprintf("TERM=%s", getenv("TERM")), 0);
 	add_strings(config, "Env", 1);
-	add_strings(opts, "Env", 1);
+	add_strings(opts, "Env", 2);
 	json_get(config, "Cmd", cJSON_IsArray, "a list of strings", conf_name);
 	add(1, "--");
 	command = nargs;
@@ -260,7 +274,8 @@ int main(int argc, char **argv)
 	if (debug)
 		print_command();
 	/* nothing of ours, nor anything our caller leaked to us, reaches the sandbox */
-	close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC))
+		err(1, "close_range");
 	/* access() finds bwrap in PATH faster than the failing execve() calls of execvp() */
 	for (char *dirs = xasprintf("%s", getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin"), *d; (d = strsep(&dirs, ":"));)
 		if (!access(xasprintf("%s/bwrap", d), X_OK))
