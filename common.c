@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Helpers shared by d-pull and d-run: allocation, bounded reads, JSON. */
 #define _GNU_SOURCE
-#include <stdarg.h>
 #include <sys/syscall.h>
 #include "common.h"
 
@@ -59,11 +58,9 @@ const cJSON *json_get(const cJSON *obj, const char *key, cJSON_bool (*is)(const 
 		      const char *what)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
-	if (cJSON_IsNull(item))
-		return NULL;
-	if (item && !is(item))
+	if (item && !cJSON_IsNull(item) && !is(item))
 		errx(1, "%s: \"%s\" is not %s", what, key, type);
-	return item;
+	return cJSON_IsNull(item) ? NULL : item;
 }
 
 const char *json_string(const cJSON *obj, const char *key, const char *what)

@@ -26,9 +26,8 @@
 
 /* One GET, into memory or, for a layer, into an unnamed file in the cache. */
 struct transfer {
-	char *url, digest[DIGEST_LEN + 1]; /* what the body must hash to; filled in if empty */
+	char *url, *body, *challenge, digest[DIGEST_LEN + 1]; /* digest: what the body must hash to, or "" */
 	int registry, layer, tries, fd;    /* registry: Accept manifests, renew the token on a 401 */
-	char *body, *challenge;
 	size_t len;
 	FILE *out;
 	curl_off_t bytes, size; /* size: what the manifest says a layer has */
@@ -39,8 +38,7 @@ struct transfer {
 static struct { char *registry, *host, *repo, *tag, *digest; } ref;
 static const char *want, *out_dir;
 static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
-static int cache_fd, quiet, rootless, nlayers, done;
-static curl_off_t downloaded;
+static int cache_fd, quiet, rootless, insecure, nlayers, done;
 static struct transfer *layers;
 static void *written; /* the names the layer being unpacked wrote, which its whiteouts spare */
 static pid_t parent, extractor;
@@ -67,11 +65,8 @@ static void parse_ref(const char *arg)
 		*p = '\0', ref.digest = p + 1;
 	ref.registry = "docker.io";
 	/* as docker: the first component names a registry only if it looks like a host */
-	if (slash && (memchr(s, '.', slash - s) || memchr(s, ':', slash - s) || !strncmp(s, "localhost/", 10))) {
-		*slash = '\0';
-		ref.registry = s;
-		s = slash + 1;
-	}
+	if (slash && (memchr(s, '.', slash - s) || memchr(s, ':', slash - s) || !strncmp(s, "localhost/", 10)))
+		*slash = '\0', ref.registry = s, s = slash + 1;
 	if ((p = strchr(s, ':')))
 		*p++ = '\0';
 	ref.tag = p ? p : ref.digest ? NULL : "latest";
@@ -92,8 +87,7 @@ static void parse_platform(const char *arg)
 	arch = !strcmp(u.machine, "x86_64") ? "amd64" : !strcmp(u.machine, "aarch64") ? "arm64" :
 		!strcmp(u.machine, "i686") ? "386" : !strncmp(u.machine, "armv", 4) ? "arm" : u.machine;
 	arch = getenv("GOARCH") ? getenv("GOARCH") : arch;
-	want = arg ? arg : xasprintf("%s/%s%s", getenv("GOOS") ? getenv("GOOS") : "linux", arch,
-		strcmp(arch, "arm") ? "" : "/v7");
+	want = arg ? arg : xasprintf("%s/%s", getenv("GOOS") ? getenv("GOOS") : "linux", arch);
 	if (regcomp(&re, "^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$", REG_EXTENDED | REG_NOSUB) || regexec(&re, want, 0, NULL, 0))
 		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
@@ -110,7 +104,6 @@ static _Noreturn void die_http(long status, const char *what)
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
-	downloaded += t->layer ? n : 0;
 	if ((t->bytes += n) > (t->layer ? t->size : MAX_BODY))
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
 	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
@@ -160,9 +153,16 @@ static int finish(struct transfer *t, CURL *h, CURLcode rc)
 	unsigned char hash[32];
 	struct curl_header *header;
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
-	if (curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &header) == CURLHE_OK)
-		t->challenge = xasprintf("%s", header->value);
+	t->challenge = curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &header) ? NULL :
+		xasprintf("%s", header->value);
 	curl_easy_cleanup(h);
+	/* plain HTTP only where the server does not speak TLS, on a loopback registry (as docker) or one
+	 * in $D_PULL_INSECURE; a certificate that does not verify is an error */
+	if (rc == CURLE_SSL_CONNECT_ERROR && t->registry && insecure && !strncmp(base_url, "https", 5)) {
+		base_url = xasprintf("http%s", base_url + 5);
+		t->url = xasprintf("http%s", t->url + 5);
+		return fclose(t->out), 1;
+	}
 	if (++t->tries < MAX_TRIES && (rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
 		rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
 		rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500)))
@@ -191,16 +191,16 @@ static int finish(struct transfer *t, CURL *h, CURLcode rc)
 
 static void get(struct transfer *t)
 {
-	CURL *h;
-	do
-		h = start(t);
-	while (finish(t, h, curl_easy_perform(h)));
+	for (CURL *h = start(t); finish(t, h, curl_easy_perform(h)); h = start(t))
+		;
 }
 
 /* GETs base_url/path into memory; digest, if set, is what it must hash to. */
 static char *registry_get(const char *path, const char *digest, char got[DIGEST_LEN + 1])
 {
 	struct transfer t = { .url = xasprintf("%s/%s", base_url, path), .registry = 1 };
+	if (digest && !valid_digest(digest))
+		errx(1, "%s/%s: invalid digest in %s", ref.registry, ref.repo, path);
 	strcpy(t.digest, digest ? digest : "");
 	get(&t);
 	if (got)
@@ -268,23 +268,6 @@ static void load_credentials(void)
 	}
 }
 
-/* HTTPS; plain HTTP where HTTPS fails on a loopback registry (as docker) or one in $D_PULL_INSECURE */
-static void connect_registry(void)
-{
-	const char *list = getenv("D_PULL_INSECURE"), *r = ref.registry;
-	struct transfer t = { .url = xasprintf("https://%s/v2/", ref.host) };
-	int insecure = (!strncmp(r, "127.", 4) && !r[strspn(r, "0123456789.:")]) || !strncmp(r, "[::1]", 5) || !strcmp(r, "localhost") ||
-		!strncmp(r, "localhost:", 10);
-	CURL *h = start(&t);
-	insecure |= list && strstr(xasprintf(",%s,", list), xasprintf(",%s,", r));
-	curl_easy_setopt(h, CURLOPT_CONNECT_ONLY, 1L);
-	/* a server that does not speak TLS; a certificate that does not verify is an error */
-	if (insecure && curl_easy_perform(h) == CURLE_SSL_CONNECT_ERROR)
-		t.url = xasprintf("http://%s/v2/", ref.host);
-	curl_easy_cleanup(h);
-	base_url = xasprintf("%s%s", t.url, ref.repo);
-}
-
 /* "os/arch[/variant]" */
 static const char *platform_name(const cJSON *p)
 {
@@ -305,11 +288,8 @@ static const char *select_platform(const cJSON *index)
 	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(index, "manifests")) {
 		name = platform_name(cJSON_GetObjectItemCaseSensitive(m, "platform"));
 		digest = json_string(m, "digest", "index");
-		if (!strncmp(name, want, n) && (!name[n] || name[n] == '/')) {
-			if (!valid_digest(digest))
-				errx(1, "%s/%s: index: invalid digest for %s", ref.registry, ref.repo, name);
+		if (!strncmp(name, want, n) && (!name[n] || name[n] == '/'))
 			return digest;
-		}
 		if (strncmp(name, "unknown/", 8) && strlen(available) < 400) /* not attestations, not all of a huge list */
 			available = xasprintf("%s %s", available, name);
 	}
@@ -498,8 +478,7 @@ static void start_extractor(const char *rootfs)
 static void fetch_layers(void)
 {
 	CURLM *multi = curl_multi_init();
-	int pending = 0, running, left, finished, tty = isatty(2);
-	time_t begin = time(NULL);
+	int pending = 0, running, left;
 	struct transfer *t;
 	CURLMsg *msg;
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
@@ -513,20 +492,17 @@ static void fetch_layers(void)
 	}
 	while (pending) {
 		curl_multi_perform(multi, &running);
-		for (finished = 0; (msg = curl_multi_info_read(multi, &left));) {
+		while ((msg = curl_multi_info_read(multi, &left))) {
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
 			curl_multi_remove_handle(multi, msg->easy_handle);
 			if (finish(t, msg->easy_handle, msg->data.result)) {
 				curl_multi_add_handle(multi, start(t));
 				continue;
 			}
-			pending--, finished++;
+			pending--;
+			if (!quiet)
+				warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
 		}
-		/* on a terminal one live line, in a log one line a layer */
-		if (!quiet && (tty || finished))
-			fprintf(stderr, "%s%s: %d of %d layers in the cache, %.1f MB downloaded at %.1f MB/s%s",
-				tty ? "\r\033[K" : "", program_invocation_short_name, nlayers - pending, nlayers, downloaded / 1e6,
-				downloaded / 1e6 / (time(NULL) - begin + 1), tty && pending ? "" : "\n");
 		if (pending)
 			curl_multi_poll(multi, NULL, 0, 1000, NULL);
 	}
@@ -569,7 +545,7 @@ static void pull(void)
 	const cJSON *layer, *list;
 	cJSON *manifest;
 	int status;
-	connect_registry();
+	base_url = xasprintf("https://%s/v2/%s", ref.host, ref.repo);
 	/* the digest of the bytes as served: manifests are not always canonical JSON */
 	manifest = parse_object(registry_get(xasprintf("manifests/%s", reference), ref.digest, digest), reference);
 	if (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(manifest, "manifests"))) {
@@ -611,7 +587,7 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' }, { "quiet", no_argument, NULL, 'q' },
 		{ "platform", required_argument, NULL, 'p' }, { NULL, 0, NULL, 0 }
 	};
-	const char *platform = NULL;
+	const char *platform = NULL, *list = getenv("D_PULL_INSECURE") ? getenv("D_PULL_INSECURE") : "", *r;
 	int c;
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
 		switch (c) {
@@ -623,9 +599,13 @@ int main(int argc, char **argv)
 	if (argc - optind < 1 || argc - optind > 2)
 		errx(2, "%s", usage);
 	parse_ref(argv[optind]);
+	r = ref.registry;
 	parse_platform(platform);
 	out_dir = argv[optind + 1] ? argv[optind + 1] : strrchr(ref.repo, '/') ? strrchr(ref.repo, '/') + 1 : ref.repo;
 	rootless = getuid() != 0;
+	/* loopback names and addresses, with or without a port (strchr(":", c) is true for ':' and '\0') */
+	insecure = (!strncmp(r, "localhost", 9) && strchr(":", r[9])) || (!strncmp(r, "[::1]", 5) && strchr(":", r[5])) ||
+		(!strncmp(r, "127.", 4) && !r[strspn(r, "0123456789.:")]) || strstr(xasprintf(",%s,", list), xasprintf(",%s,", r));
 	if (mkdir(out_dir, 0755))
 		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
 	parent = getpid();

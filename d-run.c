@@ -3,7 +3,6 @@
  * config (User, Env, WorkingDir, Hostname, Volumes, Entrypoint, Cmd) and the user's net and rw. */
 #define _GNU_SOURCE
 #include <limits.h>
-#include <stdarg.h>
 #include <sys/personality.h>
 #include "common.h"
 #define MAX_FILE (1 << 20)
@@ -92,10 +91,8 @@ static int bind_over(const char *path)
 static int open_in_sandbox(const char *path, int flags)
 {
 	int i = bind_over(path);
-	if (i < 0)
-		return open_at(root_fd, path, flags, IN_ROOT);
-	return open_at(AT_FDCWD, xasprintf("%s%s", binds[i].host, path + strlen(binds[i].dest)), flags,
-		flags & O_PATH ? 0 : RESOLVE_NO_SYMLINKS);
+	return i < 0 ? open_at(root_fd, path, flags, IN_ROOT) : open_at(AT_FDCWD, xasprintf("%s%s", binds[i].host,
+		path + strlen(binds[i].dest)), flags, flags & O_PATH ? 0 : RESOLVE_NO_SYMLINKS);
 }
 
 /* The passwd or group line whose name, or number, is key; fields are split in place. */
@@ -189,9 +186,8 @@ static void print_command(void)
 		const char *s = args[i], *q = *s && !s[strcspn(s, " \t\n'\"\\$`*?[]{}()<>|&;#~!")] ? "" : "'";
 		for (fprintf(stderr, "%s%s", i ? " " : "", q); *s; s++)
 			*s == '\'' ? fputs("'\\''", stderr) : fputc(*s, stderr);
-		fputs(q, stderr);
+		fprintf(stderr, "%s%s", q, i + 1 < nargs ? "" : "\n");
 	}
-	fputc('\n', stderr);
 }
 
 int main(int argc, char **argv)
