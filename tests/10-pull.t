@@ -6,7 +6,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-plan 111
+plan 119
 
 WHO=(as_root as_user)
 ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
@@ -92,6 +92,8 @@ is "short digest: error naming the digest, before any network access" \
 is "uppercase hex digest: invalid digest" \
 	"$(expect_failure as_user busybox '@sha256:A{64}: invalid' \
 		"${OFFLINE[@]}" "$DPULL" "127.0.0.1:1/busybox@sha256:$(printf 'A%.0s' {1..64})")" ""
+is "Foo/bar (no registry: that takes a dot, a port or localhost): invalid name, before any network access" \
+	"$(expect_failure as_user bar '^d-pull: Foo/bar: invalid' "${OFFLINE[@]}" "$DPULL" Foo/bar)" ""
 run as_user "${OFFLINE[@]}" "$DPULL" --platform linux 127.0.0.1:1/busybox pf
 like "--platform without ARCH: error naming the platform, exit 1 or 2, before any network access, no DIR" \
 	"$? $(err) $([ -e "$(user_home as_user)/pf" ] && echo DIR)" '^[12] d-pull: [^ ]*platform linux.*OS/ARCH.*[^R]$'
@@ -133,6 +135,46 @@ ok "push the fixtures to the tls registry" push_all "$REG_TLS" busybox full host
 ok "push busybox to the http registry" push_all "$REG_HTTP" busybox
 ok "push busybox, private/busybox and layers to the token registry" \
 	push_all "$REG_TOKEN" busybox busybox:private/busybox layers
+# derive MODE FIXTURE NAME: $T/NAME, a copy of the OCI layout FIXTURE changed by MODE, pushed
+# to the tls registry as NAME. dupkeys: the config object gets "net": true and "rw": true,
+# twice each (written by hand: json.dumps cannot repeat a key); novariant: the first
+# entry of the index loses its platform variant.
+derive() {
+	"$PYTHON" - "$1" "$FIXTURES/$2" "$T/$3" <<'EOF' &&
+import hashlib, json, os, shutil, sys
+mode, src, dst = sys.argv[1:]
+shutil.copytree(src, dst)
+def path(desc):
+    return os.path.join(dst, "blobs", "sha256", desc["digest"].split(":")[1])
+def load(desc):
+    with open(path(desc), "rb") as f:
+        return json.load(f)
+def store(desc, data):
+    desc.update(digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
+    with open(path(desc), "wb") as f:
+        f.write(data)
+with open(os.path.join(dst, "index.json")) as f:
+    layout = json.load(f)
+top = layout["manifests"][0]
+doc = load(top)
+if mode == "novariant":
+    del doc["manifests"][0]["platform"]["variant"]
+else:
+    config = load(doc["config"])
+    inner = json.dumps(config.pop("config"))
+    raw = (json.dumps(config)[:-1] + ', "config": {"net": true, "rw": true, "net": true, "rw": true, '
+           + inner[1:] + "}")
+    store(doc["config"], raw.encode())
+store(top, json.dumps(doc).encode())
+with open(os.path.join(dst, "index.json"), "w") as f:
+    json.dump(layout, f)
+EOF
+		_skopeo_opts --dest- "$REG_TLS" &&
+		skopeo copy -q --all --preserve-digests "${_OPTS[@]}" "oci:$T/$3:latest" \
+			"docker://$REG_TLS/$3:latest" </dev/null
+}
+ok "push busybox with duplicate net and rw keys, and multi without arm64's variant" \
+	eval 'derive dupkeys busybox dupkeys && derive novariant multi novariant'
 TLS=https://$REG_TLS
 BUSYBOX=$(digest_of "$TLS" busybox latest)
 BUSYBOX_LAYER=$(inspect_raw "$REG_TLS" busybox | jq -r '.layers[].digest')
@@ -222,6 +264,12 @@ is "Docker manifest list: default platform linux/amd64" "$? $(platform dockerlis
 dp as_user -q --platform linux/arm64 "$REG_TLS/multi" multi-arm64
 is "--platform linux/arm64 selects arm64/v8 (image.txt says linux/arm64/v8)" \
 	"$? $(platform multi-arm64)" "0 linux/arm64/v8|linux/arm64/v8"
+dp as_user -q --platform linux/arm64/v8 "$REG_TLS/multi" multi-arm64v8
+is "--platform linux/arm64/v8 on an OCI index" "$? $(platform multi-arm64v8)" \
+	"0 linux/arm64/v8|linux/arm64/v8"
+dp as_user -q --platform linux/arm64/v8 "$REG_TLS/novariant" novariant
+is "--platform linux/arm64/v8 takes an index entry linux/arm64 without variant (arm64 means v8)" \
+	"$? $(platform novariant)" "0 linux/arm64/v8|linux/arm64/v8"
 dp as_user -q --platform linux/arm64/v8 "$REG_TLS/dockerlist" dockerlist-arm64
 is "--platform linux/arm64/v8 on a Docker list" "$? $(platform dockerlist-arm64)" \
 	"0 linux/arm64/v8|linux/arm64/v8"
@@ -273,6 +321,12 @@ dp as_user "$REG_TLS/hostile-config" hostile
 is "hostile-config: net, rw and the host volume dropped, /ok kept" \
 	"$? $(jq -c '[has("net"), has("rw"), (.Volumes | keys)]' "$u/hostile/config.json")" '0 [false,false,["/ok"]]'
 like "hostile-config: a warning names what was dropped" "$(err)" '"?net"?.*"?rw"?.*/etc/shadow-host:/x'
+for who in "${WHO[@]}"; do
+	dp "$who" "$REG_TLS/dupkeys" dupkeys
+	is "$who: \"net\" and \"rw\" each twice in the config object: config.json has none of them" \
+		"$? $(grep -cE '"(net|rw)"' "$(user_home "$who")/dupkeys/config.json")" "0 0"
+	like "$who:   ... and a warning names both" "$(err)" '"net".*"rw"|"rw".*"net"'
+done
 dp as_user -q "$REG_TLS/full" full
 is "full: User, Entrypoint, Cmd, WorkingDir, Volumes, Hostname kept" \
 	"$? $(jq -c '[.User, .Entrypoint, .Cmd, .WorkingDir, .Volumes, .Hostname]' "$u/full/config.json")" \

@@ -7,7 +7,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-SUITE_TESTS=108
+SUITE_TESTS=116
 plan $((2 * SUITE_TESTS + 18))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -125,6 +125,13 @@ suite() {
 	mkbox envhome '{"Env": ["HOME=/custom", "PATH=/bin"], "Cmd": ["sh"]}'
 	is "$me: the image's HOME and PATH win over the defaults" "$(drun "$H/envhome" sh -c 'echo $HOME $PATH')" "/custom /bin"
 
+	mkbox envkey '{"Env": ["SECRET_TOKEN", "FOO=bar"], "Cmd": ["sh"]}'
+	out=$(SECRET_TOKEN=hunter2 drun "$H/envkey" env)
+	is "$me: an image Env entry without = (SECRET_TOKEN) does not take the caller's value" \
+		"$(grep -c SECRET_TOKEN <<<"$out") $(grep -cx FOO=bar <<<"$out")" "0 1"
+	is "$me: ... while -e SECRET_TOKEN passes it" \
+		"$(SECRET_TOKEN=hunter2 drun -e SECRET_TOKEN "$H/envkey" sh -c 'echo $SECRET_TOKEN')" hunter2
+
 	# --- user -------------------------------------------------------------------------
 	is "$me: empty User is root (0:0)" "$(drun "$H/box" id -u):$(drun "$H/box" id -g)" "0:0"
 	is "$me: User from the config (name)" "$(drun "$H/user" id)" "uid=1000(user) gid=1000(user)"
@@ -142,6 +149,19 @@ suite() {
 	is "$me: a user only the host has (daemon) is unknown: exit 1" "$(status drun -u daemon "$H/box" true)" 1
 	is "$me: unknown group name: exit 1" "$(status drun -u user:no-such-group "$H/box" true)" 1
 	is "$me: a non-root user can write in /tmp" "$(status drun -u user "$H/box" touch /tmp/x)" 0
+
+	# a FIFO as /etc/passwd: reading it must not wait for a writer that never comes
+	mkdir_as "$H/mark"
+	chmod 0777 "$H/mark"
+	mkbox fifo '{"Cmd": ["sh"]}'
+	"$WHO" rm -f "$H/fifo/rootfs/etc/passwd"
+	"$WHO" mkfifo "$H/fifo/rootfs/etc/passwd"
+	prefix=()
+	[ "$WHO" = as_user ] && prefix=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+	is "$me: /etc/passwd is a FIFO: -u user does not hang, exit 1, one line on stderr, nothing run" \
+		"$(status timeout 10 "${prefix[@]}" "$DRUN" -u user -v "$H/mark:/m" "$H/fifo" touch /m/x) $(wc -l <"$T/err") $(ls -A "$H/mark")" \
+		"1 1 "
+	rm -f "$H/mark/x"
 
 	# --- working directory, hostname ------------------------------------------------------
 	"$WHO" rm -rf "$H/user/rootfs/home/user/work"
@@ -183,6 +203,23 @@ suite() {
 	like "$me: ... one line naming the host path" "$(cat "$T/err")" "^d-run: [^
 ]*$H/no-such[^
 ]*\$"
+
+	# volumes at /.. (the root) or /../config.json (DIR/config.json, whose "net" and "rw" a run
+	# could then set), in the config or as -v; a volume inside another. The run would write there.
+	volume_refused() { # DESC CONFIG-JSON D-RUN-OPTIONS...
+		local desc=$1 sum
+		mkbox volbad "$2"
+		sum=$(sha256sum <"$H/volbad/config.json")
+		is "$me: volume $desc: exit 1, one line on stderr, nothing run, DIR/config.json unchanged" \
+			"$(status drun "${@:3}" -v "$H/mark:/m" "$H/volbad" sh -c 'echo "{\"net\": true}" >/config.json; touch /m/x') $(wc -l <"$T/err") $(wc -c <"$T/out") $(ls -A "$H/mark") $(sha256sum <"$H/volbad/config.json")" \
+			"1 1 0  $sum"
+		rm -f "$H/mark/x"
+	}
+	volume_refused '"/../config.json" in the config' '{"Volumes": {"/../config.json": {}}, "Cmd": ["sh"]}'
+	volume_refused '"/.." in the config' '{"Volumes": {"/..": {}}, "Cmd": ["sh"]}'
+	volume_refused '-v /../config.json' '{"Cmd": ["sh"]}' -v /../config.json
+	volume_refused '-v /..' '{"Cmd": ["sh"]}' -v /..
+	volume_refused '-v /v -v /v/x (nested)' '{"Cmd": ["sh"]}' -v /v -v /v/x
 
 	# --- mount destinations never leave the rootfs ------------------------------------------
 	# bwrap 0.8 follows them: a link to /oldroot/HOST-PATH reaches the host (GHSA-pxhw-h44j-8pfx),

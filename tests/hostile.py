@@ -7,6 +7,7 @@ copy of the absolute host directory HOSTDIR (HOSTDIR/keepme, HOSTDIR/secret,
 HOSTDIR/sub/inner, each "decoy BASENAME\n"), so that a link or whiteout that names
 HOSTDIR and is resolved inside the rootfs lands on the decoy, while one that escapes
 lands on the host. The attack layers follow; see ATTACKS below and tests/20-hostile.t.
+A layer given as bytes instead of a list of entries is that blob as is, not a tar.
 """
 import gzip
 import hashlib
@@ -73,7 +74,9 @@ BASE = [
     d(HREL + "/sub"), f(HREL + "/sub/inner", "decoy inner\n"),
 ]
 
-UP = "../../../../../../"  # enough to reach / from DIR/rootfs when not chrooted
+UP = "../../../../../../"
+with open("/bin/busybox", "rb") as bb:  # static (Debian's busybox-static), as in fixtures.py
+    BUSYBOX = bb.read()  # enough to reach / from DIR/rootfs when not chrooted
 
 ATTACKS = {
     "dotdot": [[
@@ -120,6 +123,21 @@ ATTACKS = {
         [f("d", "d is now a file\n")],
     ],
     "truncated": [[f("big", os.urandom(1 << 18).hex())]],  # cut in half below
+    # a blob in lrzip format, after a layer that ships an "lrzip" (a script, and a static
+    # busybox as /bin/sh to run it): libarchive decompresses lrzip with the program "lrzip"
+    # from PATH, which in the chrooted extractor is the image's. Run, it says so on stderr
+    # (d-pull's) and leaves PWNED-lrzip files in /tmp and HOSTDIR.
+    "lrzip-filter": [
+        [d("usr"), d("usr/bin"), entry("bin/sh", data=BUSYBOX, mode=0o755),
+         f("usr/bin/lrzip", "#!/bin/sh\necho 'PWNED: the lrzip of the image ran' >&2\n"
+           ": >/tmp/PWNED-lrzip\n: >%s/PWNED-lrzip\n: >/PWNED-lrzip\nexit 1\n" % HOSTDIR, 0o755)],
+        b"LRZI\x00\x06" + bytes(range(256)) * 4,
+    ],
+    # whiteouts that name the directory itself, its parent, or aufs' metadata: no-ops
+    "whiteout-dotdot": [
+        [d("a"), f("a/keep", "keep\n")],
+        [entry("a/.wh.."), entry(".wh.."), entry("a/.wh."), entry(".wh..wh.plnk")],
+    ],
     "bomb-names": [[
         f("/".join(["n" * 200] * 25) + "/deep", "deep\n"),  # 5030 bytes > PATH_MAX
         f("m" * 300, "long component\n"),  # > NAME_MAX
@@ -140,9 +158,9 @@ def write_image(name, layers):
     os.makedirs(os.path.join(root, "blobs", "sha256"), exist_ok=True)
     descs, diff_ids = [], []
     for i, entries in enumerate([BASE] + layers):
-        raw = tar(entries)
+        raw = entries if isinstance(entries, bytes) else tar(entries)
         diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
-        gz = gzip.compress(raw, mtime=0)
+        gz = raw if isinstance(entries, bytes) else gzip.compress(raw, mtime=0)
         if name == "truncated" and i == 1:
             gz = gz[: len(gz) // 2]  # the manifest names the truncated blob
         descs.append(dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **blob(root, gz)))
