@@ -257,7 +257,7 @@ static void load_credentials(void)
 	size_t n;
 	for (size_t i = 0; i < sizeof(files) / sizeof(*files) && !credentials; i++) {
 		json = files[i] && (k = read_fd(open(files[i], O_RDONLY | O_CLOEXEC), files[i], MAX_BODY)) ? parse_object(k, files[i]) : NULL;
-		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(json, "auths")) {
+		cJSON_ArrayForEach(e, json_get(json, "auths", cJSON_IsObject, "an object", files[i])) {
 			k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
 			n = strcspn(k, "/");
 			if ((n == 15 && !strncmp(k, "index.docker.io", n)) || (n == 20 && !strncmp(k, "registry-1.docker.io", n)))
