@@ -13,9 +13,9 @@
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
-#include <sys/prctl.h>
 #include <search.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
