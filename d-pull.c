@@ -268,7 +268,7 @@ static void load_credentials(void)
 	}
 }
 
-/* "os/arch[/variant]" */
+/* "os/arch[/variant]" of a platform object */
 static const char *platform_name(const cJSON *p)
 {
 	const char *os = json_string(p, "os", "platform"), *arch = json_string(p, "architecture", "platform");
@@ -445,8 +445,9 @@ static void start_extractor(const char *rootfs)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
 	int fd;
-	for (int i = 0; i < nlayers; i++) /* cached layers are held open: a prune cannot take them now */
-		if ((layers[i].fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 && errno != ENOENT)
+	for (int i = 0; i < nlayers; i++) /* cached layers are held open, and touched: kept 30 days more */
+		if ((layers[i].fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 ? errno != ENOENT :
+		    futimens(layers[i].fd, NULL))
 			err(1, "%s/%s", cache_path, layers[i].digest);
 	if ((extractor = fork()) < 0)
 		err(1, "fork");
@@ -483,8 +484,6 @@ static void fetch_layers(void)
 	CURLMsg *msg;
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
 	for (t = layers; t < layers + nlayers; t++) {
-		if (t->fd >= 0 && futimens(t->fd, NULL)) /* touched on use: kept 30 days more */
-			err(1, "%s/%s", cache_path, t->digest);
 		if (t->fd >= 0)
 			continue;
 		pending++;
@@ -508,24 +507,26 @@ static void fetch_layers(void)
 	}
 }
 
-/* Opens the cache and removes what was not used for 30 days; that only warns if it fails. */
 static void open_cache(void)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-	time_t limit = time(NULL) - 30 * 24 * 3600;
-	struct dirent *de;
-	struct stat st;
-	DIR *d;
 	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg) : xasprintf("%s/.cache/d-utils", home ? home : "");
 	mkdir(dirname(xasprintf("%s", cache_path)), 0755); /* ~/.cache; failures show at open() */
 	mkdir(cache_path, 0755);
-	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || !(d = fdopendir(dup(cache_fd))))
+	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s", cache_path);
-	while ((de = readdir(d)))
+}
+
+/* After the pull, which touched what it used: drops what went unused 30 days; a failure only warns */
+static void prune_cache(void)
+{
+	DIR *d = fdopendir(dup(cache_fd));
+	time_t limit = time(NULL) - 30 * 24 * 3600;
+	struct dirent *de;
+	for (struct stat st; d && (de = readdir(d));)
 		if (!fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode) &&
 		    st.st_mtime < limit && unlinkat(cache_fd, de->d_name, 0))
 			warn("prune %s/%s", cache_path, de->d_name);
-	closedir(d);
 }
 
 /* At an exit before the end: stop the extractor, remove the partial DIR. */
@@ -613,6 +614,7 @@ int main(int argc, char **argv)
 	open_cache();
 	load_credentials();
 	pull();
+	prune_cache();
 	done = 1;
 	if (!quiet)
 		warnx("pulled into %s", out_dir);

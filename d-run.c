@@ -56,8 +56,8 @@ static char *fd_path(int fd)
  * where it mounts, onto the host (GHSA-pxhw-h44j-8pfx), so it must be given none. */
 static const char *mount_point(int root, const char *path, int file)
 {
-	char *p = xasprintf("%s", path), *end = p, *name, c, *host;
-	int fd = dup(root), parent;
+	char *p = xasprintf("%s", path), *end = p, *name, c, *host, *top = fd_path(root);
+	int fd = root, parent;
 	while (*(name = end += strspn(end, "/"))) {
 		end += strcspn(end, "/");
 		c = *end;
@@ -71,11 +71,11 @@ static const char *mount_point(int root, const char *path, int file)
 			fd = open_at(root, p, O_PATH, IN_ROOT);
 		}
 		if (fd < 0)
-			err(1, "%s: %s", fd_path(root), p);
+			err(1, "%s: %s", top, p);
 		*end = c;
 	}
 	host = fd_path(fd);
-	return host[strlen(fd_path(root))] ? host + strlen(fd_path(root)) : "/";
+	return host[strlen(top)] ? host + strlen(top) : "/";
 }
 
 /* The volume bound over path, or -1 */
