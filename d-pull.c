@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <ftw.h>
 #include <libgen.h>
+#include <locale.h>
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
@@ -599,6 +600,10 @@ int main(int argc, char **argv)
 		}
 	if (argc - optind < 1 || argc - optind > 2)
 		errx(2, "%s", usage);
+	/* Layer names are bytes. libarchive converts PAX names (UTF-8) to the locale's charset: in
+	 * C.UTF-8 that changes nothing, and it never converts the raw bytes of ustar names. */
+	if (!setlocale(LC_CTYPE, "C.UTF-8"))
+		errx(1, "setlocale C.UTF-8: the locale is missing");
 	parse_ref(argv[optind]);
 	r = ref.registry;
 	parse_platform(platform);
