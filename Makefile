@@ -9,7 +9,7 @@ CODE_BUDGET = 1000
 # Debian packages: build, run time, tests.
 DEBS = gcc make pkg-config libcurl4-openssl-dev libarchive-dev libcjson-dev libssl-dev \
 	bubblewrap ca-certificates \
-	docker-registry skopeo umoci busybox-static python3 python3-jwt python3-cryptography \
+	docker-registry skopeo umoci buildah debootstrap busybox-static python3 python3-jwt python3-cryptography \
 	openssl zstd perl util-linux curl jq shellcheck clang-format cloc
 
 all: d-pull d-run

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Helpers shared by d-pull and d-run: allocation, bounded reads, JSON. */
 #define _GNU_SOURCE
-#include <sys/syscall.h>
 #include "common.h"
 
 void *xrealloc(void *p, size_t n)
@@ -24,21 +23,18 @@ char *xasprintf(const char *fmt, ...)
 	return s;
 }
 
-int open_at(int dirfd, const char *path, int flags, unsigned long long resolve)
-{
-	struct open_how how = { .flags = flags | O_CLOEXEC, .resolve = resolve };
-	return syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-}
-
 char *read_fd(int fd, const char *path, size_t max)
 {
-	char *buf = xrealloc(NULL, max + 1);
+	char *buf;
 	ssize_t n, len = 0;
 	if (fd < 0 && errno == ENOENT)
-		return free(buf), NULL;
-	while (fd >= 0 && (n = read(fd, buf + len, max + 1 - len)) > 0)
+		return NULL;
+	if (fd < 0)
+		err(1, "%s", path);
+	buf = xrealloc(NULL, max + 1);
+	while ((n = read(fd, buf + len, max + 1 - len)) > 0)
 		len += n;
-	if (fd < 0 || n < 0 || close(fd))
+	if (n < 0 || close(fd))
 		err(1, "%s", path);
 	if ((size_t)len > max)
 		errx(1, "%s: larger than %zu bytes", path, max);

@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <linux/openat2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,8 +15,6 @@
 
 void *xrealloc(void *p, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* openat2(2) with resolve flags such as RESOLVE_IN_ROOT; O_CLOEXEC is added. */
-int open_at(int dirfd, const char *path, int flags, unsigned long long resolve);
 /* The whole file open at fd (path names it), at most max bytes; NULL if fd < 0 for ENOENT. */
 char *read_fd(int fd, const char *path, size_t max);
 /* JSON text that must be an object; what names it in errors. */

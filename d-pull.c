@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* d-pull: fetch an image from a Docker/OCI registry into DIR/rootfs and DIR/config.json.
  * Blobs stream into a content-addressed cache and get their digest as name once verified.
- * Layers are unpacked by a child chrooted into the rootfs (in a user namespace when
+ * Each layer is unpacked by a child chrooted into the rootfs (in a user namespace when
  * unprivileged), so no name, link or whiteout in a layer can reach the host. */
 #define _GNU_SOURCE
 #include <archive.h>
@@ -9,8 +9,6 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <ftw.h>
-#include <libgen.h>
-#include <locale.h>
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
@@ -22,17 +20,18 @@
 #include <time.h>
 #include "common.h"
 #define MAX_BODY (4 << 20) /* manifests, configs, tokens */
+#define MAX_LAYER 1e13 /* bytes: 10 TB, far above any real layer, and exact as a double */
 #define MAX_TRIES 4
 #define DIGEST_LEN 71 /* "sha256:" and 64 hex digits */
 
 /* One GET, into memory or, for a layer, into an unnamed file in the cache. */
 struct transfer {
-	char *url, *body, *challenge,
-		digest[DIGEST_LEN + 1]; /* digest: what the body must hash to, or "" */
-	int registry, layer, tries, fd; /* registry: Accept manifests, renew the token on a 401 */
+	char *url, *body;
+	char digest[DIGEST_LEN + 1]; /* what the body must hash to, or "" */
+	int layer, tries;
 	size_t len;
 	FILE *out;
-	curl_off_t bytes, size; /* size: what the manifest says a layer has */
+	curl_off_t bytes, size; /* size: of a layer, as the manifest says */
 	long status;
 	EVP_MD_CTX *md;
 	struct curl_slist *headers; /* not freed on a retry: rare */
@@ -40,92 +39,96 @@ struct transfer {
 static struct {
 	char *registry, *host, *repo, *tag, *digest;
 } ref;
-static const char *want, *out_dir;
+static const char *image, *want, *out_dir; /* image: "registry/repository", for messages */
 static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
-static int cache_fd, quiet, rootless, insecure, nlayers, done;
+static int cache_fd, quiet, rootless, nlayers, done;
 static struct transfer *layers;
-static void *written; /* the names the layer being unpacked wrote, which its whiteouts spare */
+/* In the extractor, a process for each layer: the names the layer wrote, which its whiteouts
+ * spare; the directories it makes opaque, as "dir/" ("" for the root); the last one cleared. */
+static void *written, *opaque;
+static const char *cleared;
 static pid_t parent, extractor;
 static const char usage[] = "usage: d-pull [-h] [-q] [--platform OS/ARCH[/VARIANT]] "
 			    "[registry/]name[:tag|@digest] [DIR]";
 
-static int valid_digest(const char *d)
+static int matches(const char *pattern, const char *s, regmatch_t *m, size_t n)
 {
-	return d && strlen(d) == DIGEST_LEN && !strncmp(d, "sha256:", 7) &&
-	       strspn(d + 7, "0123456789abcdef") == 64;
+	regex_t re;
+	return !regcomp(&re, pattern, REG_EXTENDED) && !regexec(&re, s, n, m, 0);
 }
 
-/* distribution's reference grammar, the tag and digest included */
-static const char name_grammar[] =
-	"^((localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|\\[[0-9a-fA-F:]+\\])"
-	"(:[0-9]+)?/)?"
-	"[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
-	"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$";
+static int valid_digest(const char *d)
+{
+	return d && matches("^sha256:[0-9a-f]{64}$", d, NULL, 0);
+}
 
+/* the text of a group that matched, or NULL */
+static char *group(const char *s, regmatch_t m)
+{
+	return m.rm_so < 0 ? NULL : strndup(s + m.rm_so, m.rm_eo - m.rm_so);
+}
+
+/* distribution's reference grammar: groups 2 registry, 6 repository, 11 tag, 13 digest. As in
+ * docker, the first component names a registry only if it looks like a host. */
 static void parse_ref(const char *arg)
 {
-	char *s = xasprintf("%s", arg), *p, *slash = strchr(s, '/');
-	regex_t re;
-	if (regcomp(&re, name_grammar, REG_EXTENDED | REG_NOSUB) || regexec(&re, arg, 0, NULL, 0))
-		errx(1,
-		     "%s: invalid image name: want [registry/]name[:tag][@sha256:digest], name in "
-		     "lowercase",
-		     arg);
-	if ((p = strchr(s, '@')))
-		*p = '\0', ref.digest = p + 1;
-	ref.registry = "docker.io";
-	/* as docker: the first component names a registry only if it looks like a host */
-	if (slash && (memchr(s, '.', slash - s) || memchr(s, ':', slash - s) ||
-		      !strncmp(s, "localhost/", 10)))
-		*slash = '\0', ref.registry = s, s = slash + 1;
-	if ((p = strchr(s, ':')))
-		*p++ = '\0';
-	ref.tag = p ? p : ref.digest ? NULL : "latest";
-	if (!strcmp(ref.registry, "index.docker.io") ||
-	    !strcmp(ref.registry, "registry-1.docker.io"))
+	static const char grammar[] =
+		"^(((localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|"
+		"\\[[0-9a-fA-F:]+\\])(:[0-9]+)?)/)?"
+		"([a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*)"
+		"(:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(@(sha256:[0-9a-f]{64}))?$";
+	regmatch_t m[14];
+	if (!matches(grammar, arg, m, 14))
+		errx(1, "%s: invalid image name: want [registry/]name[:tag][@sha256:...]", arg);
+	ref.registry = group(arg, m[2]);
+	ref.repo = group(arg, m[6]);
+	ref.tag = group(arg, m[11]);
+	ref.digest = group(arg, m[13]);
+	if (!ref.tag && !ref.digest)
+		ref.tag = "latest";
+	if (!ref.registry || matches("^(index|registry-1)\\.docker\\.io$", ref.registry, NULL, 0))
 		ref.registry = "docker.io";
 	ref.host = strcmp(ref.registry, "docker.io") ? ref.registry : "registry-1.docker.io";
-	ref.repo = strcmp(ref.registry, "docker.io") || strchr(s, '/') ? s
-								       : xasprintf("library/%s", s);
+	if (!strcmp(ref.registry, "docker.io") && !strchr(ref.repo, '/'))
+		ref.repo = xasprintf("library/%s", ref.repo);
+	image = xasprintf("%s/%s", ref.registry, ref.repo);
 }
 
 /* --platform, else GOOS/GOARCH as xi/d-utils reads them, else the host's */
 static void parse_platform(const char *arg)
 {
+	static const char *arches[][2] = {
+		{ "x86_64", "amd64" }, { "aarch64", "arm64" }, { "i686", "386" }, { "armv", "arm" }
+	};
 	static struct utsname u;
-	const char *arch;
-	regex_t re;
-	if (uname(&u))
-		err(1, "uname");
-	arch = !strcmp(u.machine, "x86_64")	? "amd64"
-	       : !strcmp(u.machine, "aarch64")	? "arm64"
-	       : !strcmp(u.machine, "i686")	? "386"
-	       : !strncmp(u.machine, "armv", 4) ? "arm"
-						: u.machine;
-	arch = getenv("GOARCH") ? getenv("GOARCH") : arch;
-	want = arg ? arg : xasprintf("%s/%s", getenv("GOOS") ? getenv("GOOS") : "linux", arch);
-	if (regcomp(&re, "^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$", REG_EXTENDED | REG_NOSUB) ||
-	    regexec(&re, want, 0, NULL, 0))
+	const char *arch = getenv("GOARCH"), *os = getenv("GOOS");
+	uname(&u);
+	for (size_t i = 0; !arch && i < 4; i++)
+		if (!strncmp(u.machine, arches[i][0], strlen(arches[i][0])))
+			arch = arches[i][1];
+	want = arg ? arg : xasprintf("%s/%s", os ? os : "linux", arch ? arch : u.machine);
+	if (!matches("^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$", want, NULL, 0))
 		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
 
 /* what a user can do about an HTTP error */
 static _Noreturn void die_http(long status, const char *what)
 {
-	errx(1, "%s/%s: %s: HTTP %ld from %s: %s", ref.registry, ref.repo, what, status, ref.host,
-	     status == 401 || status == 403
-		     ? "access denied: check the name, or log in (docker login, podman login)"
-	     : status == 404 ? "not found: check the name and the tag"
-	     : status == 429 ? "too many requests: wait, or log in for a higher rate limit"
-			     : "unexpected answer");
+	const char *advice = "access denied: check the name, or log in (docker login)";
+	if (status == 404)
+		advice = "not found: check the name and the tag";
+	else if (status != 401 && status != 403)
+		advice = "unexpected answer";
+	errx(1, "%s: %s: HTTP %ld from %s: %s", image, what, status, ref.host, advice);
 }
 
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
-	if ((t->bytes += n) > (t->layer ? t->size : MAX_BODY))
+	t->bytes += n;
+	if (t->bytes > (t->layer ? t->size : MAX_BODY) || !EVP_DigestUpdate(t->md, data, n))
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
-	return EVP_DigestUpdate(t->md, data, n) ? fwrite(data, size, n, t->out) : 0;
+	return fwrite(data, size, n, t->out);
 }
 
 /* (Re)starts a transfer; a layer goes to an O_TMPFILE file, so a killed pull leaves nothing. */
@@ -137,18 +140,17 @@ static CURL *start(struct transfer *t)
 				     "application/vnd.docker.distribution.manifest.v2+json";
 	const char *ca = getenv("CURL_CA_BUNDLE");
 	CURL *h = curl_easy_init();
-	int fd = t->layer ? open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644) : -1;
-	if (!(t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len)))
-		err(1, "%s", t->layer ? cache_path : "open_memstream");
-	if (!(t->md = t->md ? t->md : EVP_MD_CTX_new()) ||
-	    !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
-		errx(1, "sha256 failed");
+	int fd = -1;
+	if (t->layer && (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
+		err(1, "%s", cache_path);
+	t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len);
+	t->md = t->md ? t->md : EVP_MD_CTX_new();
+	if (!t->out || !h || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
+		errx(1, "out of memory");
 	t->bytes = 0;
-	t->headers = t->registry ? curl_slist_append(NULL, accept) : NULL;
+	t->headers = curl_slist_append(NULL, accept);
 	if (auth)
 		t->headers = curl_slist_append(t->headers, auth);
-	if (!h)
-		errx(1, "curl_easy_init failed");
 	curl_easy_setopt(h, CURLOPT_URL, t->url);
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
@@ -160,163 +162,172 @@ static CURL *start(struct transfer *t)
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, t);
-	curl_easy_setopt(h, CURLOPT_PRIVATE, t);
 	return h;
 }
 
 static void authenticate(const char *challenge);
 
-/* Ends a transfer; 1 when it must start again: connection errors and 5xx after a backoff,
- * and a 401 from the registry with a new token (the first request, or one that expired). */
-static int finish(struct transfer *t, CURL *h, CURLcode rc)
+/* 1 when the transfer must start again: over plain HTTP, after a failure that may pass, or
+ * with a new token after a 401 from the registry itself (challenge is its WWW-Authenticate).
+ * Credentials go to no one else: a blob redirected to another origin gets none. */
+static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
 {
-	char got[DIGEST_LEN + 1] = "sha256:";
-	unsigned char hash[32];
-	struct curl_header *header;
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
-	t->challenge = curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &header)
-			       ? NULL
-			       : xasprintf("%s", header->value);
-	curl_easy_cleanup(h);
-	/* plain HTTP only where the server does not speak TLS, on a loopback registry (as docker)
-	 * or one in $D_PULL_INSECURE; a certificate that does not verify is an error */
-	if (rc == CURLE_SSL_CONNECT_ERROR && t->registry && insecure &&
-	    !strncmp(base_url, "https", 5)) {
+	/* plain HTTP only where the server does not speak TLS, on a loopback registry (as
+	 * docker); a certificate that does not verify is an error */
+	if (rc == CURLE_SSL_CONNECT_ERROR && !strncmp(t->url, base_url, strlen(base_url)) &&
+	    !strncmp(base_url, "https", 5) &&
+	    matches("^(localhost|\\[::1\\]|127\\.[0-9.]+)(:[0-9]+)?$", ref.registry, NULL, 0)) {
 		base_url = xasprintf("http%s", base_url + 5);
 		t->url = xasprintf("http%s", t->url + 5);
-		return fclose(t->out), 1;
+		return 1;
 	}
-	if (++t->tries < MAX_TRIES &&
-	    (rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
-	     rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
-	     rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500)))
-		return fclose(t->out), sleep(1 << t->tries), 1;
+	/* a failure that may pass: a network error, a server error */
+	int passing = rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
+		      rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
+		      rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500);
+	t->tries++;
+	if (t->tries < MAX_TRIES && passing) {
+		sleep(1 << t->tries);
+		return 1;
+	}
 	if (rc != CURLE_OK)
 		errx(1, "%s: %s", t->url, curl_easy_strerror(rc));
-	if (t->registry && t->status == 401 && t->tries < MAX_TRIES && t->challenge)
-		return fclose(t->out), authenticate(t->challenge), 1;
-	if (t->registry && t->status != 200)
+	if (t->status == 401 && challenge && t->tries < MAX_TRIES) {
+		authenticate(challenge);
+		return 1;
+	}
+	return 0;
+}
+
+/* GETs t->url into t->out, again while it must. A verified layer gets its name in the cache;
+ * one there already is the same, or is refused where it is opened. */
+static void get(struct transfer *t)
+{
+	char got[DIGEST_LEN + 1] = "sha256:", *where, *challenge;
+	unsigned char hash[32];
+	struct curl_header *header;
+	CURLcode rc;
+	for (;;) {
+		CURL *h = start(t);
+		rc = curl_easy_perform(h);
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
+		curl_easy_getinfo(h, CURLINFO_EFFECTIVE_URL, &where);
+		challenge = NULL;
+		if (!strncmp(where, base_url, strlen(base_url)) &&
+		    !curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &header))
+			challenge = xasprintf("%s", header->value);
+		curl_easy_cleanup(h);
+		if (!must_retry(t, rc, challenge))
+			break;
+		fclose(t->out);
+	}
+	if (t->status != 200)
 		die_http(t->status, strstr(t->url, "/v2/") ? strstr(t->url, "/v2/") + 4 : t->url);
 	if (!EVP_DigestFinal_ex(t->md, hash, NULL))
 		errx(1, "sha256 failed");
 	for (int i = 0; i < 32; i++)
 		sprintf(got + 7 + 2 * i, "%02x", hash[i]);
-	/* an error page, a truncated or corrupted body: nothing of it gets a name in the cache */
+	/* an error page, a truncated or corrupted body */
 	if (*t->digest && strcmp(got, t->digest))
 		errx(1, "%s: digest mismatch: got %s", t->digest, got);
 	strcpy(t->digest, got);
-	/* a layer's verified body gets its name in the cache; one there already is the same */
-	snprintf(got, sizeof(got), "/proc/self/fd/%d", fileno(t->out));
-	if ((t->layer &&
-	     (fflush(t->out) || (linkat(AT_FDCWD, got, cache_fd, t->digest, AT_SYMLINK_FOLLOW) &&
-				 errno != EEXIST))) ||
-	    fclose(t->out))
+	where = xasprintf("/proc/self/fd/%d", fileno(t->out));
+	if (t->layer &&
+	    (fflush(t->out) || linkat(AT_FDCWD, where, cache_fd, t->digest, AT_SYMLINK_FOLLOW)) &&
+	    errno != EEXIST)
 		err(1, "%s/%s", cache_path, t->digest);
-	return 0;
+	if (fclose(t->out))
+		err(1, "%s/%s", cache_path, t->digest);
 }
 
-static void get(struct transfer *t)
+/* GETs the JSON object at base_url/path; digest, if set, is what it must hash to. */
+static cJSON *registry_get(const char *path, const char *digest, char got[DIGEST_LEN + 1])
 {
-	for (CURL *h = start(t); finish(t, h, curl_easy_perform(h)); h = start(t))
-		;
-}
-
-/* GETs base_url/path into memory; digest, if set, is what it must hash to. */
-static char *registry_get(const char *path, const char *digest, char got[DIGEST_LEN + 1])
-{
-	struct transfer t = { .url = xasprintf("%s/%s", base_url, path), .registry = 1 };
-	if (digest && !valid_digest(digest))
-		errx(1, "%s/%s: invalid digest in %s", ref.registry, ref.repo, path);
+	struct transfer t = { .url = xasprintf("%s/%s", base_url, path) };
 	strcpy(t.digest, digest ? digest : "");
 	get(&t);
 	if (got)
 		strcpy(got, t.digest);
-	return t.body;
+	return parse_object(t.body, path);
 }
 
-/* a parameter of a WWW-Authenticate challenge, whatever their order */
+/* a parameter of a WWW-Authenticate challenge, quoted or not, whatever their order */
 static char *challenge_param(const char *challenge, const char *key)
 {
-	size_t n = strlen(key);
-	for (const char *p = challenge; (p = strcasestr(p, key)); p += n)
-		if (p > challenge && strchr(" ,", p[-1]) && p[n] == '=')
-			return p[n + 1] == '"' ? strndup(p + n + 2, strcspn(p + n + 2, "\""))
-					       : strndup(p + n + 1, strcspn(p + n + 1, ", "));
-	return NULL;
+	regmatch_t m[2];
+	if (!matches(xasprintf("[ ,]%s=\"?([^\",]*)", key), challenge, m, 2))
+		return NULL;
+	return group(challenge, m[1]);
 }
 
-/* Basic: the user's credentials. Bearer: a pull token for the repository from the realm. */
+/* Basic: the user's credentials. Bearer: a pull token for the repository from the realm the
+ * registry named. */
 static void authenticate(const char *challenge)
 {
-	char *realm = challenge_param(challenge, "realm"),
-	     *service = challenge_param(challenge, "service");
-	char *basic = credentials ? xasprintf("Authorization: Basic %s", credentials) : NULL;
+	char *realm = challenge_param(challenge, "realm");
+	char *service = challenge_param(challenge, "service");
+	char *scope = xasprintf("repository:%s:pull", ref.repo);
 	struct transfer t = { 0 };
 	const char *token;
 	cJSON *json;
-	auth = basic; /* for Basic, and to ask for a token */
+	auth = credentials ? xasprintf("Authorization: Basic %s", credentials) : NULL;
 	if (!strncasecmp(challenge, "Basic", 5))
 		return;
 	if (strncasecmp(challenge, "Bearer", 6) || !realm)
 		errx(1, "%s: unsupported authentication: %s", ref.host, challenge);
 	t.url = xasprintf("%s%cservice=%s&scope=%s", realm, strchr(realm, '?') ? '&' : '?',
 			  curl_easy_escape(NULL, service ? service : "", 0),
-			  curl_easy_escape(NULL, xasprintf("repository:%s:pull", ref.repo), 0));
+			  curl_easy_escape(NULL, scope, 0));
 	get(&t);
-	if (t.status != 200)
-		die_http(t.status, credentials ? "token request with the saved credentials"
-					       : "token request");
 	json = parse_object(t.body, realm);
-	if (!(token = json_string(json, "token", realm)) &&
-	    !(token = json_string(json, "access_token", realm)))
+	token = json_string(json, "token", realm);
+	if (!token)
+		token = json_string(json, "access_token", realm);
+	if (!token)
 		errx(1, "%s: no token in the answer", realm);
+	/* a line break would end the header, and start another */
+	if (strpbrk(token, "\r\n"))
+		errx(1, "%s: a line break in the token", realm);
 	auth = xasprintf("Authorization: Bearer %s", token);
-	cJSON_Delete(json);
 }
 
-/* The first of podman's and docker's auth files with an entry for the registry, as podman reads
- * them. They name it "host", "https://host/..." or, for Docker Hub, "https://index.docker.io/v1/".
- */
+/* An auths key names a registry as "host", "https://host/..." or, for Docker Hub,
+ * "https://index.docker.io/v1/" (or "index.docker.io/..."). */
+static int names_registry(const char *key)
+{
+	const char *host = strstr(key, "://") ? strstr(key, "://") + 3 : key;
+	size_t n = strcspn(host, "/");
+	if (!strcmp(ref.registry, "docker.io") && !strncmp(host, "index.docker.io/", 16))
+		return 1;
+	return strlen(ref.registry) == n && !strncmp(host, ref.registry, n);
+}
+
+/* The credentials for the registry in podman's $REGISTRY_AUTH_FILE, else in docker's auth
+ * file, where `docker login` keeps them. */
 static void load_credentials(void)
 {
-	const char *run = getenv("XDG_RUNTIME_DIR"), *docker = getenv("DOCKER_CONFIG"),
-		   *home = getenv("HOME"), *k;
-	char *files[] = { getenv("REGISTRY_AUTH_FILE"),
-			  run ? xasprintf("%s/containers/auth.json", run) : NULL,
-			  docker ? xasprintf("%s/config.json", docker)
-			  : home ? xasprintf("%s/.docker/config.json", home)
-				 : NULL };
-	const cJSON *e;
-	cJSON *json;
-	size_t n;
-	for (size_t i = 0; i < sizeof(files) / sizeof(*files) && !credentials; i++) {
-		json = files[i] && (k = read_fd(open(files[i], O_RDONLY | O_CLOEXEC), files[i],
-						MAX_BODY))
-			       ? parse_object(k, files[i])
-			       : NULL;
-		cJSON_ArrayForEach(e,
-				   json_get(json, "auths", cJSON_IsObject, "an object", files[i]))
-		{
-			k = strstr(e->string, "://") ? strstr(e->string, "://") + 3 : e->string;
-			n = strcspn(k, "/");
-			if ((n == 15 && !strncmp(k, "index.docker.io", n)) ||
-			    (n == 20 && !strncmp(k, "registry-1.docker.io", n)))
-				k = "docker.io", n = 9;
-			if (!credentials && strlen(ref.registry) == n &&
-			    !strncmp(k, ref.registry, n))
-				credentials = (char *)json_string(e, "auth", files[i]);
-		}
-	}
+	const char *file = getenv("REGISTRY_AUTH_FILE"), *docker = getenv("DOCKER_CONFIG"), *text;
+	const cJSON *auths = NULL, *e;
+	if (!file)
+		file = docker ? xasprintf("%s/config.json", docker)
+			      : xasprintf("%s/.docker/config.json", getenv("HOME"));
+	if ((text = read_fd(open(file, O_RDONLY | O_CLOEXEC), file, MAX_BODY)))
+		auths = json_get(parse_object(text, file), "auths", cJSON_IsObject, "an object",
+				 file);
+	cJSON_ArrayForEach(e, auths)
+		if (!credentials && names_registry(e->string))
+			credentials = (char *)json_string(e, "auth", file);
 }
 
 /* "os/arch[/variant]" of a platform object */
 static const char *platform_name(const cJSON *p)
 {
-	const char *os = json_string(p, "os", "platform"),
-		   *arch = json_string(p, "architecture", "platform");
+	const char *os = json_string(p, "os", "platform");
+	const char *arch = json_string(p, "architecture", "platform");
 	const char *variant = json_string(p, "variant", "platform");
-	if (!variant && arch) /* the spec's defaults */
-		variant = !strcmp(arch, "arm64") ? "v8" : !strcmp(arch, "arm") ? "v7" : NULL;
+	/* the spec's default (v7 for arm is left out: images name it) */
+	if (!variant && arch && !strcmp(arch, "arm64"))
+		variant = "v8";
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "",
 			 variant ? variant : "");
 }
@@ -324,22 +335,15 @@ static const char *platform_name(const cJSON *p)
 /* The wanted platform's manifest in an index: a platform given without variant takes any. */
 static const char *select_platform(const cJSON *index)
 {
-	const char *name, *digest;
-	char *available = "";
+	const char *name;
 	const cJSON *m;
 	size_t n = strlen(want);
-	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(index, "manifests"))
-	{
+	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(index, "manifests")) {
 		name = platform_name(cJSON_GetObjectItemCaseSensitive(m, "platform"));
-		digest = json_string(m, "digest", "index");
 		if (!strncmp(name, want, n) && (!name[n] || name[n] == '/'))
-			return digest;
-		if (strncmp(name, "unknown/", 8) &&
-		    strlen(available) < 400) /* not attestations, not all of a huge list */
-			available = xasprintf("%s %s", available, name);
+			return json_string(m, "digest", "index");
 	}
-	errx(1, "%s/%s: no image for %s; available:%s", ref.registry, ref.repo, want,
-	     *available ? available : " none");
+	errx(1, "%s: no image for %s (docker manifest inspect lists those there are)", image, want);
 }
 
 static void write_file(const char *path, int flags, const char *text)
@@ -349,13 +353,23 @@ static void write_file(const char *path, int flags, const char *text)
 		err(1, "%s", path);
 }
 
-/* config.json is the image's config object, less what would grant the image host access. */
-static void write_config(const char *text, const char *what, char **platform)
+/* 1 for /proc, /dev and what is below, however spelled (//proc, /./dev/fd): bwrap mounts its
+ * own there, full of magic links that lead out of the sandbox while it is set up. */
+static int under_proc_or_dev(const char *path)
 {
-	cJSON *json = parse_object(text, what), *config, *volumes, *v, *next;
-	config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
+	return matches("^(/|\\./)*(proc|dev)(/|$)", path, NULL, 0);
+}
+
+/* config.json is the image's config object, less what would grant the image host access: net,
+ * rw, host paths and /proc or /dev as volumes or working directory. d-run refuses these too.
+ * image.txt names the image and its platform. */
+static void write_config(cJSON *json, const char *what, const char *full_name)
+{
+	cJSON *volumes, *v, *next;
+	cJSON *config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
+	const char *workdir = json_string(config, "WorkingDir", what);
 	if (!cJSON_IsObject(config))
-		cJSON_Delete(config), config = cJSON_CreateObject();
+		config = cJSON_CreateObject();
 	while ((v = cJSON_DetachItemFromObjectCaseSensitive(config, "net")) ||
 	       (v = cJSON_DetachItemFromObjectCaseSensitive(config, "rw")))
 		warnx("%s: image config sets \"%s\": dropped, only the user can grant it", what,
@@ -363,15 +377,20 @@ static void write_config(const char *text, const char *what, char **platform)
 	volumes = cJSON_GetObjectItemCaseSensitive(config, "Volumes");
 	for (v = cJSON_IsObject(volumes) ? volumes->child : NULL; v; v = next) {
 		next = v->next;
-		if (v->string[0] != '/' || strchr(v->string, ':')) {
-			warnx("%s: image volume \"%s\" dropped: only the user can bind host paths",
-			      what, v->string);
-			cJSON_Delete(cJSON_DetachItemViaPointer(volumes, v));
-		}
+		if (v->string[0] == '/' && !strchr(v->string, ':') && !under_proc_or_dev(v->string))
+			continue;
+		warnx("%s: image volume \"%s\" dropped: not a path of the image's own", what,
+		      v->string);
+		cJSON_Delete(cJSON_DetachItemViaPointer(volumes, v));
 	}
-	*platform = xasprintf("%s", platform_name(json));
+	if (workdir && under_proc_or_dev(workdir)) {
+		warnx("%s: image WorkingDir \"%s\" dropped: under /proc or /dev", what, workdir);
+		cJSON_DeleteItemFromObjectCaseSensitive(config, "WorkingDir");
+	}
 	write_file(xasprintf("%s/config.json", out_dir), O_CREAT | O_EXCL,
 		   xasprintf("%s\n", cJSON_Print(config)));
+	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL,
+		   xasprintf("%s\n%s\n", full_name, platform_name(json)));
 }
 
 /* rm -rf by fds, never following a symlink; nothing there, or a file as a parent, is no error */
@@ -394,83 +413,116 @@ static int compare(const void *a, const void *b)
 	return strcmp(a, b);
 }
 
-/* Opaque whiteout: remove what this layer did not write below the directory, look into what it did.
- */
-static int clear_lower(const char *path, const struct stat *st, int type, struct FTW *ftw)
+/* Below an opaque directory: removes what this layer did not write, looks into what it did. */
+static int clear_lower(const char *path, const struct stat *st __attribute__((unused)),
+		       int type __attribute__((unused)), struct FTW *ftw)
 {
-	(void)st, (void)type;
-	if (ftw->level == 0 || tfind(path + (strncmp(path, "./", 2) ? 0 : 2), &written, compare))
+	if (!strncmp(path, "./", 2))
+		path += 2;
+	if (ftw->level == 0 || tfind(path, &written, compare))
 		return FTW_CONTINUE;
 	remove_tree(AT_FDCWD, path);
 	return FTW_SKIP_SUBTREE;
 }
 
-/* Whiteouts apply to lower layers only, wherever they stand in this layer's tar. */
+/* Clears each opaque directory once, in order: "dir/" comes right before what it holds, which
+ * is cleared with it. So each entry is looked at once, however many markers a layer has. */
+static void clear_opaque(const void *node, VISIT visit, int depth __attribute__((unused)))
+{
+	const char *dir = *(const char **)node;
+	if ((visit != postorder && visit != leaf) ||
+	    (cleared && !strncmp(dir, cleared, strlen(cleared))))
+		return;
+	cleared = dir;
+	dir = *dir ? strndup(dir, strlen(dir) - 1) : ".";
+	if (nftw(dir, clear_lower, 16, FTW_PHYS | FTW_ACTIONRETVAL) && errno != ENOENT &&
+	    errno != ENOTDIR)
+		err(1, "%s", dir);
+}
+
+/* Whiteouts apply to lower layers only, wherever they stand in this layer's tar: a file is
+ * removed now unless this layer wrote it, an opaque directory is cleared at the end. */
 static void apply_whiteout(char *name, char *base)
 {
-	if (strcmp(base, ".wh..wh..opq")) {
-		memmove(base, base + 4, strlen(base + 4) + 1);
-		/* ".wh.", ".wh.." and aufs' own ".wh..wh.*" name nothing to remove */
-		if (*base && strcmp(base, ".") && strcmp(base, "..") && strncmp(base, ".wh.", 4) &&
-		    !tfind(name, &written, compare))
-			remove_tree(AT_FDCWD, name);
+	if (!strcmp(base, ".wh..wh..opq")) {
+		*base = '\0';
+		tsearch(name, &opaque, compare);
 		return;
 	}
-	*(base == name ? base : base - 1) = '\0';
-	if (nftw(*name ? name : ".", clear_lower, 16, FTW_PHYS | FTW_ACTIONRETVAL) &&
-	    errno != ENOENT && errno != ENOTDIR)
-		err(1, "%s", name);
+	memmove(base, base + 4, strlen(base + 4) + 1);
+	/* ".wh.", ".wh.." and aufs' own ".wh..wh.*" name nothing to remove */
+	if (*base && strcmp(base, ".") && strcmp(base, "..") && strncmp(base, ".wh.", 4) &&
+	    !tfind(name, &written, compare))
+		remove_tree(AT_FDCWD, name);
+}
+
+static void copy_data(struct archive *in, struct archive *out, const char *name)
+{
+	const void *buf;
+	size_t len;
+	la_int64_t off;
+	int r;
+	/* a block of zeros is left a hole, as tar --sparse does, and archive_write_finish_entry()
+	 * gives the file its full size */
+	while ((r = archive_read_data_block(in, &buf, &len, &off)) == ARCHIVE_OK)
+		if ((!len || *(char *)buf || memcmp(buf, (char *)buf + 1, len - 1)) &&
+		    archive_write_data_block(out, buf, len, off) < ARCHIVE_OK)
+			errx(1, "%s: %s", name, archive_error_string(out));
+	if (r != ARCHIVE_EOF)
+		errx(1, "%s: %s", name, archive_error_string(in));
+	if (archive_write_finish_entry(out) < ARCHIVE_WARN)
+		errx(1, "%s: %s", name, archive_error_string(out));
+}
+
+/* The entry's name without "./", "/" or a trailing "/"; the root is "". */
+static char *entry_name(struct archive_entry *e)
+{
+	const char *p = archive_entry_pathname(e);
+	char *name;
+	while (*p == '/' || !strncmp(p, "./", 2))
+		p++;
+	name = xasprintf("%s", strcmp(p, ".") ? p : "");
+	for (size_t n = strlen(name); n && name[n - 1] == '/'; n--)
+		name[n - 1] = '\0';
+	return name;
 }
 
 /* One tar entry, as docker applies it: what stands at its name goes first unless both are
- * directories; devices are skipped, setuid and setgid bits dropped. The root is "". */
-static void extract_entry(struct archive *in, struct archive *out, struct archive_entry *e,
-			  const char *digest)
+ * directories; devices are skipped, setuid and setgid bits dropped. */
+static void extract_entry(struct archive *in, struct archive *out, struct archive_entry *e)
 {
 	static int warned;
-	const char *p = archive_entry_pathname(e);
-	mode_t type = archive_entry_filetype(e),
-	       perm = archive_entry_perm(e) & ~(S_ISUID | S_ISGID);
-	char *name, *base;
-	const void *buf;
+	mode_t type = archive_entry_filetype(e);
+	mode_t perm = archive_entry_perm(e) & ~(S_ISUID | S_ISGID);
+	char *name = entry_name(e), *base = strrchr(name, '/');
 	struct stat st;
-	size_t n, len;
-	la_int64_t off;
 	int r;
-	while (*p == '/' || (p[0] == '.' && (p[1] == '/' || !p[1])))
-		p += p[0] == '.' && p[1] == '/' ? 2 : 1;
-	name = xasprintf("%s", p);
-	for (n = strlen(name); n && name[n - 1] == '/'; n--)
-		name[n - 1] = '\0';
-	base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
-	if (!strncmp(base, ".wh.", 4))
-		return apply_whiteout(name, base);
-	if (type == AE_IFCHR || type == AE_IFBLK) {
-		if (!warned++)
-			warnx("%s: skipping device nodes such as %s", digest, name);
+	base = base ? base + 1 : name;
+	if (!strncmp(base, ".wh.", 4)) {
+		apply_whiteout(name, base);
 		return;
 	}
+	if ((type == AE_IFCHR || type == AE_IFBLK) && !warned++)
+		warnx("skipping device nodes such as %s", name);
+	if (type == AE_IFCHR || type == AE_IFBLK)
+		return;
 	if (!*name && type != AE_IFDIR)
-		errx(1, "%s: the root entry is not a directory", digest);
-	archive_entry_set_perm(
-		e, perm | (type == AE_IFDIR && rootless ? 0700 : 0)); /* so the user can rm -rf */
+		errx(1, "the root entry is not a directory");
+	/* so that the user can rm -rf the result */
+	archive_entry_set_perm(e, perm | (type == AE_IFDIR && rootless ? 0700 : 0));
 	if (*name && !lstat(name, &st) && !(S_ISDIR(st.st_mode) && type == AE_IFDIR))
 		remove_tree(AT_FDCWD, name);
 	archive_entry_set_pathname(e, *name ? name : ".");
-	if ((r = archive_write_header(out, e)) < ARCHIVE_WARN)
-		errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
+	r = archive_write_header(out, e);
+	if (r < ARCHIVE_WARN)
+		errx(1, "%s: %s", name, archive_error_string(out));
 	if (r == ARCHIVE_WARN)
-		warnx("%s: %s: %s", digest, name, archive_error_string(out));
-	while ((r = archive_read_data_block(in, &buf, &len, &off)) == ARCHIVE_OK)
-		if (archive_write_data_block(out, buf, len, off) < ARCHIVE_OK)
-			errx(1, "%s: %s: %s", digest, name, archive_error_string(out));
-	if (r != ARCHIVE_EOF || archive_write_finish_entry(out) < ARCHIVE_WARN)
-		errx(1, "%s: %s: %s", digest, name,
-		     archive_error_string(r != ARCHIVE_EOF ? in : out));
+		warnx("%s: %s", name, archive_error_string(out));
+	copy_data(in, out, name);
 	tsearch(name, &written, compare);
 }
 
-static void extract_layer(int fd, const char *digest)
+static void extract_layer(int fd)
 {
 	struct archive *in = archive_read_new(), *out = archive_write_disk_new();
 	struct archive_entry *e;
@@ -483,35 +535,62 @@ static void extract_layer(int fd, const char *digest)
 	archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
 						    (rootless ? 0 : ARCHIVE_EXTRACT_OWNER));
 	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK)
-		errx(1, "%s: %s", digest, archive_error_string(in));
-	while ((r = archive_read_next_header(in, &e)) == ARCHIVE_OK)
-		extract_entry(in, out, e, digest);
-	if (r != ARCHIVE_EOF || archive_write_close(out) != ARCHIVE_OK)
-		errx(1, "%s: %s", digest, archive_error_string(r != ARCHIVE_EOF ? in : out));
-	archive_read_free(in);
-	archive_write_free(out);
-	tdestroy(written, free); /* names not in the tree are left to the process's exit */
-	written = NULL;
-	close(fd);
+		errx(1, "%s", archive_error_string(in));
+	/* A name that is not UTF-8 in a PAX record (as Go writes it), or any that is not ASCII,
+	 * fails to convert to the C locale's charset: then libarchive keeps the bytes, as docker
+	 * does. We never set a locale, as in one of UTF-8 it would also rewrite names to NFC. */
+	while ((r = archive_read_next_header(in, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
+		if (r == ARCHIVE_WARN && !strstr(archive_error_string(in), "can't be converted"))
+			warnx("%s", archive_error_string(in));
+		extract_entry(in, out, e);
+	}
+	if (r != ARCHIVE_EOF)
+		errx(1, "%s", archive_error_string(in));
+	twalk(opaque, clear_opaque);
+	/* it sets the modes and times of directories, now that nothing more goes in them */
+	if (archive_write_close(out) != ARCHIVE_OK)
+		errx(1, "%s", archive_error_string(out));
 }
 
-/* A child chrooted into the rootfs unpacks each layer once it has its name in the cache, while
- * later ones still download. Unprivileged, a user namespace that maps only ourselves grants the
- * chroot. */
-static void start_extractor(const char *rootfs)
+/* A layer in the cache, or -1 when it is not there. Its name is trusted as its hash: a symlink,
+ * anything but a regular file, or a file of another user's is an error. */
+static int open_cached(const char *digest)
+{
+	int fd = openat(cache_fd, digest, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 && errno == ENOENT)
+		return -1;
+	if (fd < 0 || fstat(fd, &st))
+		err(1, "%s/%s", cache_path, digest);
+	if (!S_ISREG(st.st_mode) || st.st_uid != geteuid())
+		errx(1, "%s/%s: not a regular file of yours: remove it", cache_path, digest);
+	return fd;
+}
+
+/* Waits for the extractor; it has said what went wrong, unless it was killed. */
+static void wait_extractor(void)
+{
+	int status;
+	if (extractor && (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status)))
+		errx(1, "%s: unpacking failed", out_dir);
+	if (extractor && WEXITSTATUS(status))
+		exit(1);
+	extractor = 0;
+}
+
+/* Unpacks a cached layer in a child chrooted into the rootfs, while the next one downloads.
+ * Unprivileged, a user namespace that maps only ourselves grants the chroot. Its messages
+ * start with the layer's digest. */
+static void start_extractor(const char *rootfs, const char *digest)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
 	int fd;
-	for (int i = 0; i < nlayers;
-	     i++) /* cached layers are held open, and touched: kept 30 days more */
-		if ((layers[i].fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0
-			    ? errno != ENOENT
-			    : futimens(layers[i].fd, NULL))
-			err(1, "%s/%s", cache_path, layers[i].digest);
+	wait_extractor();
 	if ((extractor = fork()) < 0)
 		err(1, "fork");
 	if (extractor)
 		return;
+	program_invocation_short_name = xasprintf("d-pull: %s", digest);
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
 		_exit(1);
 	if (rootless && unshare(CLONE_NEWUSER))
@@ -521,74 +600,63 @@ static void start_extractor(const char *rootfs)
 		write_file("/proc/self/uid_map", 0, uid_map);
 		write_file("/proc/self/gid_map", 0, gid_map);
 	}
+	if ((fd = open_cached(digest)) < 0)
+		errx(1, "gone from the cache %s", cache_path);
 	if (chroot(rootfs) || chdir("/"))
 		err(1, "chroot %s", rootfs);
-	for (int i = 0; i < nlayers; i++) {
-		while ((fd = layers[i].fd) < 0 &&
-		       (fd = openat(cache_fd, layers[i].digest, O_RDONLY | O_CLOEXEC)) < 0 &&
-		       errno == ENOENT)
-			usleep(10000);
-		if (fd < 0)
-			err(1, "%s/%s", cache_path, layers[i].digest);
-		extract_layer(fd, layers[i].digest);
-	}
+	extract_layer(fd);
 	_exit(0);
 }
 
-/* Downloads the missing layers, a few at once. */
-static void fetch_layers(void)
+/* Downloads the missing layers, the lowest first, each unpacked while the next downloads. A
+ * cached one is touched, to keep it 30 days more. */
+static void fetch_layers(const char *rootfs)
 {
-	CURLM *multi = curl_multi_init();
-	int pending = 0, running, left;
-	struct transfer *t;
-	CURLMsg *msg;
-	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 4L);
-	for (t = layers; t < layers + nlayers; t++) {
-		if (t->fd >= 0)
-			continue;
-		pending++;
-		curl_multi_add_handle(multi, start(t));
+	int fd;
+	for (struct transfer *t = layers; t < layers + nlayers; t++) {
+		if ((fd = open_cached(t->digest)) >= 0 && (futimens(fd, NULL) || close(fd)))
+			err(1, "%s/%s", cache_path, t->digest);
+		if (fd < 0)
+			get(t);
+		if (fd < 0 && !quiet)
+			warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
+		start_extractor(rootfs, t->digest);
 	}
-	while (pending) {
-		curl_multi_perform(multi, &running);
-		while ((msg = curl_multi_info_read(multi, &left))) {
-			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-			curl_multi_remove_handle(multi, msg->easy_handle);
-			if (finish(t, msg->easy_handle, msg->data.result)) {
-				curl_multi_add_handle(multi, start(t));
-				continue;
-			}
-			pending--;
-			if (!quiet)
-				warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
-		}
-		if (pending)
-			curl_multi_poll(multi, NULL, 0, 1000, NULL);
-	}
+	wait_extractor();
 }
 
+/* The cache's names are trusted as the hashes of their contents: nobody else may write there. */
 static void open_cache(void)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-	cache_path = xdg && *xdg ? xasprintf("%s/d-utils", xdg)
-				 : xasprintf("%s/.cache/d-utils", home ? home : "");
-	mkdir(dirname(xasprintf("%s", cache_path)), 0755); /* ~/.cache; failures show at open() */
+	char *base = xdg && *xdg ? xasprintf("%s", xdg) : xasprintf("%s/.cache", home ? home : "");
+	struct stat st;
+	cache_path = xasprintf("%s/d-utils", base);
+	mkdir(base, 0755); /* failures show at open() */
 	mkdir(cache_path, 0755);
-	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+	if ((cache_fd = open(cache_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+	    fstat(cache_fd, &st))
 		err(1, "%s", cache_path);
+	if (st.st_uid != geteuid() || st.st_mode & 022)
+		errx(1, "%s: owned by another user, or writable by others: not a cache to trust",
+		     cache_path);
 }
 
-/* After the pull, which touched what it used: drops what went unused 30 days; a failure only warns
- */
+/* After the pull, which touched what it used: drops what went unused 30 days. */
 static void prune_cache(void)
 {
 	DIR *d = fdopendir(dup(cache_fd));
 	time_t limit = time(NULL) - 30 * 24 * 3600;
 	struct dirent *de;
-	for (struct stat st; d && (de = readdir(d));)
-		if (!fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) &&
-		    S_ISREG(st.st_mode) && st.st_mtime < limit && unlinkat(cache_fd, de->d_name, 0))
+	struct stat st;
+	while (d && (de = readdir(d))) {
+		if (fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
+		    !S_ISREG(st.st_mode) || st.st_mtime >= limit)
+			continue;
+		/* not fatal: the pull itself has succeeded */
+		if (unlinkat(cache_fd, de->d_name, 0))
 			warn("prune %s/%s", cache_path, de->d_name);
+	}
 }
 
 /* At an exit before the end: stop the extractor, remove the partial DIR. */
@@ -601,61 +669,58 @@ static void cleanup(void)
 	remove_tree(AT_FDCWD, out_dir);
 }
 
+/* The layers of an image manifest, and its config's digest */
+static const char *read_manifest(const cJSON *manifest)
+{
+	const cJSON *config = cJSON_GetObjectItemCaseSensitive(manifest, "config");
+	const cJSON *list = cJSON_GetObjectItemCaseSensitive(manifest, "layers"), *layer, *size;
+	const char *digest = json_string(config, "digest", "manifest");
+	struct transfer *t;
+	if (!valid_digest(digest) || !cJSON_IsArray(list))
+		errx(1, "%s: unsupported manifest (schema 1?): no config digest or layers", image);
+	layers = xrealloc(NULL, cJSON_GetArraySize(list) * sizeof(*layers));
+	cJSON_ArrayForEach(layer, list) {
+		t = &layers[nlayers++];
+		*t = (struct transfer){ .layer = 1 };
+		size = cJSON_GetObjectItemCaseSensitive(layer, "size");
+		/* in range before the cast, which would be undefined out of it */
+		if (!cJSON_IsNumber(size) || !(size->valuedouble >= 0) ||
+		    size->valuedouble > MAX_LAYER ||
+		    (curl_off_t)size->valuedouble != size->valuedouble)
+			errx(1, "%s: manifest: a layer size is not a whole number of bytes", image);
+		t->size = size->valuedouble;
+		if (!valid_digest(json_string(layer, "digest", "manifest")))
+			errx(1, "%s: manifest: invalid layer digest", image);
+		strcpy(t->digest, json_string(layer, "digest", "manifest"));
+		t->url = xasprintf("%s/blobs/%s", base_url, t->digest);
+	}
+	return digest;
+}
+
 static void pull(void)
 {
-	char digest[DIGEST_LEN + 1], *platform, *full_name,
-		*rootfs = xasprintf("%s/rootfs", out_dir);
+	char digest[DIGEST_LEN + 1], *full_name;
+	char *rootfs = xasprintf("%s/rootfs", out_dir);
 	const char *reference = ref.digest ? ref.digest : ref.tag, *config;
-	const cJSON *layer, *list;
 	cJSON *manifest;
-	int status;
 	base_url = xasprintf("https://%s/v2/%s", ref.host, ref.repo);
 	/* the digest of the bytes as served: manifests are not always canonical JSON */
-	manifest = parse_object(
-		registry_get(xasprintf("manifests/%s", reference), ref.digest, digest), reference);
+	manifest = registry_get(xasprintf("manifests/%s", reference), ref.digest, digest);
 	if (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(manifest, "manifests"))) {
 		reference = select_platform(manifest);
-		manifest = parse_object(
-			registry_get(xasprintf("manifests/%s", reference), reference, NULL),
-			reference);
+		if (!valid_digest(reference))
+			errx(1, "%s: index: no valid digest for %s", image, want);
+		manifest = registry_get(xasprintf("manifests/%s", reference), reference, NULL);
 	}
-	config = json_string(cJSON_GetObjectItemCaseSensitive(manifest, "config"), "digest",
-			     "manifest");
-	list = cJSON_GetObjectItemCaseSensitive(manifest, "layers");
-	if (!valid_digest(config) || !cJSON_IsArray(list))
-		errx(1, "%s/%s: unsupported manifest (schema 1?): no config digest or layers",
-		     ref.registry, ref.repo);
-	layers = xrealloc(NULL, cJSON_GetArraySize(list) * sizeof(*layers));
-	cJSON_ArrayForEach(layer, list)
-	{
-		if (!valid_digest(reference = json_string(layer, "digest", "manifest")))
-			errx(1, "%s/%s: manifest: invalid layer digest", ref.registry, ref.repo);
-		layers[nlayers] = (struct transfer){
-			.url = xasprintf("%s/blobs/%s", base_url, reference),
-			.registry = 1,
-			.layer = 1,
-			.size = cJSON_GetNumberValue(
-				cJSON_GetObjectItemCaseSensitive(layer, "size"))
-		};
-		strcpy(layers[nlayers++].digest, reference);
-	}
-	full_name = xasprintf("%s/%s%s%s@%s", ref.registry, ref.repo, ref.tag ? ":" : "",
-			      ref.tag ? ref.tag : "", digest);
+	config = read_manifest(manifest);
+	full_name =
+		xasprintf("%s%s%s@%s", image, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
 	if (!quiet)
 		warnx("pulling %s into %s", full_name, out_dir);
 	if (mkdir(rootfs, 0755))
 		err(1, "mkdir %s", rootfs);
-	start_extractor(rootfs);
-	fetch_layers();
-	/* the extractor has said what went wrong, unless it was killed */
-	if (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status))
-		errx(1, "%s: unpacking failed", rootfs);
-	if (WEXITSTATUS(status))
-		exit(1);
-	extractor = 0;
-	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, &platform);
-	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL,
-		   xasprintf("%s\n%s\n", full_name, platform));
+	fetch_layers(rootfs);
+	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, full_name);
 }
 
 int main(int argc, char **argv)
@@ -664,8 +729,7 @@ int main(int argc, char **argv)
 						 { "quiet", no_argument, NULL, 'q' },
 						 { "platform", required_argument, NULL, 'p' },
 						 { NULL, 0, NULL, 0 } };
-	const char *platform = NULL,
-		   *list = getenv("D_PULL_INSECURE") ? getenv("D_PULL_INSECURE") : "", *r;
+	const char *platform = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
 		switch (c) {
@@ -676,23 +740,10 @@ int main(int argc, char **argv)
 		}
 	if (argc - optind < 1 || argc - optind > 2)
 		errx(2, "%s", usage);
-	/* Layer names are bytes. libarchive converts PAX names (UTF-8) to the locale's charset: in
-	 * C.UTF-8 that changes nothing, and it never converts the raw bytes of ustar names. */
-	if (!setlocale(LC_CTYPE, "C.UTF-8"))
-		errx(1, "setlocale C.UTF-8: the locale is missing");
 	parse_ref(argv[optind]);
-	r = ref.registry;
 	parse_platform(platform);
-	out_dir = argv[optind + 1]	   ? argv[optind + 1]
-		  : strrchr(ref.repo, '/') ? strrchr(ref.repo, '/') + 1
-					   : ref.repo;
+	out_dir = argv[optind + 1] ? argv[optind + 1] : basename(ref.repo);
 	rootless = getuid() != 0;
-	/* loopback names and addresses, with or without a port (strchr(":", c) is true for ':' and
-	 * '\0') */
-	insecure = (!strncmp(r, "localhost", 9) && strchr(":", r[9])) ||
-		   (!strncmp(r, "[::1]", 5) && strchr(":", r[5])) ||
-		   (!strncmp(r, "127.", 4) && !r[strspn(r, "0123456789.:")]) ||
-		   strstr(xasprintf(",%s,", list), xasprintf(",%s,", r));
 	if (mkdir(out_dir, 0755))
 		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
 	parent = getpid();

@@ -129,6 +129,7 @@ pids=("${SERVER_PIDS[@]}")
 stop_servers
 left=()
 for pid in "${pids[@]}"; do
-	kill -0 "$pid" 2>/dev/null && left+=("$pid")
+	# by its command line, which names $T: the kernel may have given the pid to another process
+	tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$T/" && left+=("$pid")
 done
 is "all ${#pids[@]} servers stopped" "${left[*]}" ""

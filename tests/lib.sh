@@ -70,6 +70,18 @@
 
 set -u
 
+# The tests own their environment: nothing of the caller's may change what d-pull, d-run,
+# curl or skopeo do. A proxy would take loopback requests elsewhere; GOOS/GOARCH change
+# d-pull's default platform, DOCKER_CONFIG and REGISTRY_AUTH_FILE the credentials it finds
+# (before ~/.docker), TOKEN_TTL the token server's tokens. A umask of 077 would hide the CA
+# and the fixtures from the unprivileged user. A terminal on stdin gives d-run a TERM, and a
+# closed stdin makes fd 0 the first file a test opens: stdin is /dev/null unless a test
+# gives one.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY \
+	GOOS GOARCH DOCKER_CONFIG REGISTRY_AUTH_FILE D_PULL_INSECURE TOKEN_TTL
+umask 022
+exec </dev/null
+
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DPULL=${D_BIN_DIR:-$SRC}/d-pull
 DRUN=${D_BIN_DIR:-$SRC}/d-run
@@ -181,6 +193,14 @@ skip() {
 	echo "ok $_TESTS - $1 # SKIP $2"
 }
 
+# skip_n N DESC REASON: N skipped tests, "DESC (1/N)" to "DESC (N/N)"
+skip_n() {
+	local i
+	for ((i = 1; i <= $1; i++)); do
+		skip "$2 ($i/$1)" "$3"
+	done
+}
+
 # json_eval EXPR < JSON: prints the Python expression EXPR over the document `j`
 json_eval() {
 	"$PYTHON" -c 'import json, sys
@@ -213,6 +233,73 @@ as_user() {
 		env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
 }
 
+# exec_as as_root|as_user CMD...: execs CMD as that function runs it, so that the pid of the
+# subshell calling it is CMD's own (to kill CMD, not a shell above it)
+exec_as() {
+	local who=$1
+	shift
+	HOME=$(user_home "$who")
+	export HOME
+	[ "$who" = as_user ] && set -- setpriv --reuid=65534 --regid=65534 --clear-groups "$@"
+	exec env -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR "$@"
+}
+
+# pids_of WORD...: the pids of the processes whose command line is exactly WORD... (procps'
+# pgrep is not installed everywhere)
+pids_of() {
+	local f args
+	for f in /proc/[0-9]*/cmdline; do
+		mapfile -d '' -t args 2>/dev/null <"$f" || continue
+		[ "${args[*]}" = "$*" ] && f=${f#/proc/} && echo "${f%/cmdline}"
+	done
+	return 0
+}
+
+# --- what this machine can do ------------------------------------------------------
+# Probes for what a kernel, a policy or a container may forbid: a test that cannot run here is
+# skipped with the reason. A failed probe leaves its first line of errors in PROBE_ERROR.
+
+_probe() { # CMD...
+	local out
+	out=$(LC_ALL=C "$@" 2>&1) && return 0
+	PROBE_ERROR=${out%%$'\n'*}
+	[ -n "$PROBE_ERROR" ] || PROBE_ERROR="$* failed"
+	return 1
+}
+
+# can_userns WHO: WHO can make a user namespace and chroot in it, as unprivileged d-pull does to
+# unpack. Forbidden by user.max_user_namespaces=0, kernel.unprivileged_userns_clone=0 and
+# Ubuntu's kernel.apparmor_restrict_unprivileged_userns=1 (the namespace is made, but useless).
+can_userns() { _probe "$1" unshare --user --map-root-user chroot / true; }
+
+# can_sandbox WHO: WHO can make the sandbox that d-run asks bubblewrap for (a user namespace
+# and all the others, a fresh /proc); many containers forbid it too.
+can_sandbox() {
+	_probe "$1" bwrap --unshare-all --unshare-user --die-with-parent --ro-bind / / \
+		--proc /proc --dev /dev --tmpfs /tmp true
+}
+
+# can_run_i386: the kernel executes 32-bit x86 binaries. Some cannot (built without IA32
+# emulation, or booted with ia32_emulation=0): execve fails with "Exec format error", bwrap's
+# execvp too, whatever the personality. Runs the i386 fixture's busybox on the host (call it
+# once `have_fixture i386` holds). Fails on that error only: any other problem is left for the
+# test itself to show.
+can_run_i386() {
+	local bb=$T/i386-probe/busybox m l
+	if [ ! -e "$bb" ]; then
+		mkdir -p "$T/i386-probe"
+		if ! m=$(jq -r '.manifests[0].digest' "$FIXTURES/i386/index.json") ||
+			! l=$(jq -r '.layers[0].digest' "$FIXTURES/i386/blobs/sha256/${m#sha256:}") ||
+			! tar -xzOf "$FIXTURES/i386/blobs/sha256/${l#sha256:}" bin/busybox >"$bb" ||
+			! chmod 0755 "$bb"; then
+			diag "can_run_i386: no busybox in the i386 fixture"
+			return 0
+		fi
+	fi
+	_probe "$bb" true && return 0
+	[[ $PROBE_ERROR != *"Exec format error"* ]]
+}
+
 # --- CA and servers ------------------------------------------------------------
 
 # make_ca: $T/ca/{ca.pem,server.pem,server.key} (SANs IP:127.0.0.1, DNS:localhost),
@@ -241,6 +328,8 @@ make_ca() {
 	export SSL_CERT_FILE=$d/ca.pem CURL_CA_BUNDLE=$d/ca.pem
 }
 
+# free_port: a port that was free a moment ago: another process may take it before the caller
+# binds it. Our servers bind port 0 instead (see _listen_port).
 free_port() {
 	"$PYTHON" -c 'import socket
 s = socket.socket()
@@ -248,30 +337,74 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
 
-# _wait_http URL PID CURL-ARGS...: until URL answers 200 or 401, while PID lives
+# _wait_http URL PID CURL-ARGS...: until URL answers 200 or 401, while PID lives (a minute at
+# most: a bound against hanging, not a guess at how long a start takes)
 _wait_http() {
-	local url=$1 pid=$2 i code
+	local url=$1 pid=$2 code end=$((SECONDS + 60))
 	shift 2
-	for ((i = 0; i < 100; i++)); do
+	while [ "$SECONDS" -lt "$end" ]; do
 		kill -0 "$pid" 2>/dev/null || return 1
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url")
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$url")
 		case $code in 200 | 401) return 0 ;; esac
 		sleep 0.1
 	done
 	return 1
 }
 
-_forget_pid() {
-	local pid keep=()
-	for pid in "${SERVER_PIDS[@]}"; do
-		[ "$pid" = "$1" ] || keep+=("$pid")
-	done
-	SERVER_PIDS=("${keep[@]}")
+# _listen_port PID: the TCP port PID listens on, once it does (a minute at most; fails when PID
+# exits). Our servers bind port 0, so that the kernel picks the port as it binds: a port chosen
+# before (free_port) may be taken by then, by a registry of another test run for instance.
+_listen_port() {
+	"$PYTHON" - "$1" <<'PY'
+import os, sys, time
+proc = "/proc/" + sys.argv[1]
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    try:
+        with open(proc + "/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                sys.exit(1)
+        sockets = set()
+        for fd in os.listdir(proc + "/fd"):
+            try:
+                link = os.readlink(proc + "/fd/" + fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                sockets.add(link[8:-1])
+        for table in ("tcp", "tcp6"):
+            with open(proc + "/net/" + table) as f:
+                for line in f.readlines()[1:]:
+                    col = line.split()
+                    if col[3] == "0A" and col[9] in sockets:  # 0A: LISTEN
+                        print(int(col[1].rsplit(":", 1)[1], 16))
+                        sys.exit(0)
+    except FileNotFoundError:
+        sys.exit(1)
+    time.sleep(0.05)
+sys.exit(1)
+PY
+}
+
+# _serve_registry DIR SCHEME: docker-registry with DIR/config.yml (http.addr 127.0.0.1:0), its
+# log in DIR/log; sets _PORT once it answers there
+_serve_registry() {
+	local d=$1 pid
+	/usr/bin/docker-registry serve "$d/config.yml" </dev/null >"$d/log" 2>&1 &
+	pid=$!
+	SERVER_PIDS+=("$pid")
+	if _PORT=$(_listen_port "$pid") &&
+		_wait_http "$2://127.0.0.1:$_PORT/v2/" "$pid" --cacert "$T/ca/ca.pem"; then
+		return 0
+	fi
+	diag "docker-registry $d/config.yml did not start:" "$(cat "$d/log")"
+	return 1
 }
 
 _start_token_server() {
-	local d=$T/token i pid
+	local d=$T/token pid end
 	mkdir -p "$d"
+	rm -f "$d/port" # started again, it waits for the new server's port
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 		-keyout "$d/sign.key" -out "$d/sign.pem" -subj "/CN=d-utils token signer" \
 		>"$d/openssl.log" 2>&1 || return 1
@@ -284,9 +417,9 @@ _start_token_server() {
 		--port-file "$d/port" </dev/null >"$d/log" 2>&1 &
 	pid=$!
 	SERVER_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do
-		[ -s "$d/port" ] && break
-		kill -0 "$pid" 2>/dev/null || break
+	# the port file appears once the server listens (a minute at most, against hanging)
+	end=$((SECONDS + 60))
+	while [ "$SECONDS" -lt "$end" ] && [ ! -s "$d/port" ] && kill -0 "$pid" 2>/dev/null; do
 		sleep 0.1
 	done
 	if [ ! -s "$d/port" ]; then
@@ -296,7 +429,7 @@ _start_token_server() {
 	TOKEN_REALM=https://127.0.0.1:$(cat "$d/port")/token
 }
 
-# _registry_config KIND DIR PORT
+# _registry_config KIND DIR PORT (0: the kernel picks one)
 _registry_config() {
 	cat <<EOF
 version: 0.1
@@ -332,9 +465,10 @@ EOF
 	return 0
 }
 
-# start_registry http|tls|token: sets REG_HTTP / REG_TLS / REG_TOKEN = 127.0.0.1:PORT
+# start_registry http|tls|token: sets REG_HTTP / REG_TLS / REG_TOKEN = 127.0.0.1:PORT. Started
+# again (after stop_servers), a registry keeps its storage and gets a new port.
 start_registry() {
-	local kind=$1 d=$T/registry-$1 scheme=https try port pid
+	local kind=$1 d=$T/registry-$1 scheme=https
 	case $kind in
 	http) scheme=http ;;
 	tls | token) [ -f "$T/ca/ca.pem" ] || make_ca || return 1 ;;
@@ -347,28 +481,10 @@ start_registry() {
 		_start_token_server || return 1
 	fi
 	mkdir -p "$d/storage"
-	for try in 1 2 3 4 5; do
-		port=$(free_port)
-		_registry_config "$kind" "$d" "$port" >"$d/config.yml"
-		/usr/bin/docker-registry serve "$d/config.yml" </dev/null >"$d/log" 2>&1 &
-		pid=$!
-		SERVER_PIDS+=("$pid")
-		if _wait_http "$scheme://127.0.0.1:$port/v2/" "$pid" --cacert "$T/ca/ca.pem"; then
-			case $kind in
-			http) REG_HTTP=127.0.0.1:$port ;;
-			tls) REG_TLS=127.0.0.1:$port ;;
-			token) REG_TOKEN=127.0.0.1:$port ;;
-			esac
-			printf -v "REG_STORAGE_${kind^^}" '%s' "$d/storage"
-			return 0
-		fi
-		kill "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-		_forget_pid "$pid"
-		diag "start_registry $kind: try $try on port $port failed"
-	done
-	diag "docker-registry log:" "$(cat "$d/log")"
-	return 1
+	_registry_config "$kind" "$d" 0 >"$d/config.yml"
+	_serve_registry "$d" "$scheme" || return 1
+	printf -v "REG_${kind^^}" '%s' "127.0.0.1:$_PORT"
+	printf -v "REG_STORAGE_${kind^^}" '%s' "$d/storage"
 }
 
 # --- fixtures ----------------------------------------------------------------
