@@ -7,8 +7,11 @@ Layers come from Debian's busybox-static and are made by umoci (file-system chan
 and skopeo (compression and format changes); the few things no tool can write (an
 opaque whiteout after a file in the same layer, an index with chosen platforms, a
 config key umoci does not know) are written here by the OCI image spec.
+debian-umoci and debian-buildah are the real thing: Debian bookworm from debootstrap
+(once per OUTDIR, kept as OUTDIR/debian-bookworm-minbase.tar.zst), in layers made by dpkg,
+useradd and update-ca-certificates run in a chroot, committed by umoci and by buildah.
 A fixture that exists is not rebuilt; one that fails leaves nothing behind.
-The expected contents are documented in tests/lib.sh.
+The expected contents are documented in tests/lib.sh (the debian ones in tests/40-debian.t).
 """
 import glob
 import gzip
@@ -16,10 +19,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -420,6 +425,227 @@ def build_i386(out, layout, work):
     umoci_base(layout, work, arch="386", busybox=busybox)
 
 
+# --- debian: a real Debian image, as umoci and as buildah build it ------------------
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_TARBALL = "debian-bookworm-minbase.tar.zst"  # the debootstrap result, kept in OUT
+DEBIAN_EXTRA = ["ca-certificates", "openssl", "iputils-ping"]  # installed by layer 2
+DEBIAN_CMD = "bash"
+CHROOT_ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C",
+              "DEBIAN_FRONTEND=noninteractive", "HOME=/root"]
+DEB822_SOURCES = """Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+DOCKER_CLEAN = """DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb || true"; };
+Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";
+"""
+
+
+def debian_mirror():
+    """$DEBIAN_MIRROR, else the Debian mirror this machine's apt uses for DEBIAN_SUITE."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"].rstrip("/")
+    files = glob.glob("/etc/apt/sources.list") + sorted(
+        glob.glob("/etc/apt/sources.list.d/*.list") + glob.glob("/etc/apt/sources.list.d/*.sources"))
+    for path in files:
+        with open(path, errors="replace") as f:
+            text = f.read()
+        if path.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = dict(re.findall(r"^([\w-]+):[ \t]*(.*)$", stanza, re.M))
+                if (fields.get("Enabled", "yes") != "no" and "deb" in fields.get("Types", "").split()
+                        and DEBIAN_SUITE in fields.get("Suites", "").split() and fields.get("URIs")):
+                    return fields["URIs"].split()[0].rstrip("/")
+        else:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line.split("#")[0]).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == DEBIAN_SUITE:
+                    return words[1].rstrip("/")
+    return "http://deb.debian.org/debian"
+
+
+def debian_tarball(out, work):
+    """OUT/DEBIAN_TARBALL: debootstrap's minbase with DEBIAN_EXTRA, made once (about a minute)."""
+    tarball = os.path.join(out, DEBIAN_TARBALL)
+    if os.path.exists(tarball):
+        return tarball
+    root = os.path.join(work, "debootstrap")
+    start = time.monotonic()
+    run("debootstrap", "--variant=minbase", "--include=" + ",".join(DEBIAN_EXTRA + ["libcap2-bin"]),
+        DEBIAN_SUITE, root, debian_mirror(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    # GNU tar keeps what a rootfs needs: numeric owners, hardlinks, security.capability.
+    run("tar", "--zstd", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", root,
+        "-cf", tarball + ".tmp", ".")
+    os.rename(tarball + ".tmp", tarball)
+    shutil.rmtree(root)
+    print(f"fixtures.py: debootstrap and {DEBIAN_TARBALL}: {time.monotonic() - start:.0f} s",
+          file=sys.stderr)
+    return tarball
+
+
+def in_chroot(root, *cmd):
+    """CMD in ROOT with the host's /dev and a /proc, mounted in a private mount namespace."""
+    run("unshare", "--mount", "--propagation", "private", "sh", "-ec",
+        'mount --rbind /dev "$1/dev"; mount -t proc proc "$1/proc"; exec chroot "$@"',
+        "sh", root, *CHROOT_ENV, *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def debian_base(out, work):
+    """WORK/base: the debootstrap tree without DEBIAN_EXTRA (their .debs go to WORK/debs),
+    made like a distribution's base image: no device nodes, no host files, no .deb cache."""
+    base, debs = os.path.join(work, "base"), os.path.join(work, "debs")
+    os.makedirs(base)
+    os.makedirs(debs)
+    run("tar", "--zstd", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", base,
+        "-xpf", debian_tarball(out, work))
+    archives = os.path.join(base, "var/cache/apt/archives")
+    for path in glob.glob(os.path.join(archives, "*.deb")):
+        if os.path.basename(path).split("_")[0] in DEBIAN_EXTRA:
+            shutil.move(path, debs)
+        else:
+            os.unlink(path)
+    in_chroot(base, "dpkg", "--purge", *DEBIAN_EXTRA)
+    for name in os.listdir(os.path.join(base, "dev")):
+        path = os.path.join(base, "dev", name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    for name in ("etc/hostname", "etc/resolv.conf"):  # debootstrap copies the host's
+        os.unlink(os.path.join(base, name))
+    return base, debs
+
+
+def local_ca(work):
+    """A CA certificate as a user adds to /usr/local/share/ca-certificates."""
+    path = os.path.join(work, "d-utils-local.crt")
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-keyout", os.path.join(work, "local.key"), "-out", path, "-days", "3650",
+        "-subj", "/CN=d-utils local CA", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path
+
+
+def debian_steps(base, debs, ca):
+    """The image's layers as (created_by, function of the rootfs), each changing the tree
+    the way a Dockerfile's RUN line with apt-get, dpkg and useradd does."""
+    def layer1(root):
+        run("cp", "-a", base + "/.", root)
+
+    def layer2(root):
+        archives = os.path.join(root, "var/cache/apt/archives")
+        names = sorted(os.listdir(debs))
+        for name in names:
+            shutil.copy(os.path.join(debs, name), archives)
+        in_chroot(root, "dpkg", "-i", *["/var/cache/apt/archives/" + n for n in names])
+        for name in names:  # apt-get clean
+            os.unlink(os.path.join(archives, name))
+        for name in os.listdir(os.path.join(root, "var/lib/apt/lists")):
+            path = os.path.join(root, "var/lib/apt/lists", name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+    def layer3(root):
+        in_chroot(root, "useradd", "--create-home", "--uid", "1000", "--shell", "/bin/bash", "app")
+        # one-line sources.list -> deb822 file, as Debian's own images have it
+        os.unlink(os.path.join(root, "etc/apt/sources.list"))
+        with open(os.path.join(root, "etc/apt/sources.list.d/debian.sources"), "w") as f:
+            f.write(DEB822_SOURCES)
+        with open(os.path.join(root, "etc/apt/apt.conf.d/docker-clean"), "w") as f:
+            f.write(DOCKER_CLEAN)
+        # a directory replaced by a symlink (dpkg-maintscript-helper dir_to_symlink); umoci
+        # 0.4.7 also writes whiteouts for the old children below the new symlink, which
+        # umoci unpack (and docker) resolve through it: libcap2's own docs go too
+        shutil.rmtree(os.path.join(root, "usr/share/doc/libcap2-bin"))
+        os.symlink("libcap2", os.path.join(root, "usr/share/doc/libcap2-bin"))
+        # a file replaced by a directory
+        os.unlink(os.path.join(root, "etc/motd"))
+        os.mkdir(os.path.join(root, "etc/motd"), 0o755)
+        with open(os.path.join(root, "etc/motd/10-welcome"), "w") as f:
+            f.write("Welcome to the d-utils test image.\n")
+        # modes: a hardened file and directory, setuid removed
+        os.chmod(os.path.join(root, "etc/login.defs"), 0o600)
+        os.chmod(os.path.join(root, "var/log/apt"), 0o750)
+        for name in ("usr/bin/chfn", "usr/bin/chsh"):
+            os.chmod(os.path.join(root, name), 0o755)
+        shutil.copy(ca, os.path.join(root, "usr/local/share/ca-certificates"))
+        in_chroot(root, "update-ca-certificates")
+
+    def layer4(root):
+        os.unlink(os.path.join(root, "usr/local/share/ca-certificates", os.path.basename(ca)))
+
+    def layer5(root):
+        certs = os.path.join(root, "etc/ssl/certs")
+        shutil.rmtree(certs)
+        os.mkdir(certs, 0o755)
+        in_chroot(root, "update-ca-certificates", "--fresh")
+
+    return [
+        ("debootstrap --variant=minbase " + DEBIAN_SUITE, layer1),
+        ("apt-get install ca-certificates iputils-ping && apt-get clean && "
+         "rm -rf /var/lib/apt/lists/*", layer2),
+        ("useradd app; deb822 sources; doc dir -> symlink; /etc/motd file -> dir; chmod; "
+         "a local CA", layer3),
+        ("rm /usr/local/share/ca-certificates/d-utils-local.crt", layer4),
+        ("rm -rf /etc/ssl/certs && mkdir /etc/ssl/certs && update-ca-certificates --fresh", layer5),
+    ]
+
+
+def build_debian_umoci(out, layout, work):
+    """umoci repack for each layer but the last, which `umoci insert --opaque` writes:
+    /etc/ssl/certs rebuilt from scratch, hiding everything below it."""
+    base, debs = debian_base(out, work)
+    steps = debian_steps(base, debs, local_ca(work))
+    image = layout + ":latest"
+    bundle = os.path.join(work, "bundle")
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", image)
+    run("umoci", "unpack", "--image", image, bundle)
+    root = os.path.join(bundle, "rootfs")
+    for created_by, step in steps[:-1]:
+        step(root)
+        run("umoci", "repack", "--refresh-bundle", "--history.created_by", created_by,
+            "--image", image, bundle)
+    created_by, step = steps[-1]
+    step(root)
+    run("umoci", "insert", "--opaque", "--history.created_by", created_by, "--image", image,
+        os.path.join(root, "etc/ssl/certs"), "/etc/ssl/certs")
+    run("umoci", "config", "--image", image, "--os", "linux", "--architecture", "amd64",
+        "--config.env", PATH_ENV, "--config.cmd", DEBIAN_CMD, "--author", "d-utils tests")
+
+
+def build_debian_buildah(out, layout, work):
+    """buildah from / mount / change / commit for each layer, then push to an OCI layout.
+    Its own vfs storage in WORK: nothing touches the machine's containers storage."""
+    base, debs = debian_base(out, work)
+    steps = debian_steps(base, debs, local_ca(work))
+    policy = os.path.join(work, "policy.json")
+    with open(policy, "w") as f:
+        json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
+    bah = ["buildah", "--root", os.path.join(work, "storage"), "--runroot",
+           os.path.join(work, "runroot"), "--storage-driver", "vfs"]
+
+    def out_of(*args):
+        return subprocess.run(bah + list(args), check=True, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True).stdout.strip()
+
+    source = "scratch"
+    try:
+        for i, (created_by, step) in enumerate(steps, 1):
+            ctr = out_of("from", "--signature-policy", policy, "--pull=never", source)
+            step(out_of("mount", ctr))
+            out_of("config", "--created-by", created_by, "--os", "linux", "--arch", "amd64",
+                   "--env", PATH_ENV, "--cmd", DEBIAN_CMD, ctr)
+            source = "d-utils-debian-%d" % i
+            out_of("commit", "--signature-policy", policy, "--quiet", "--rm", ctr, source)
+        out_of("push", "--signature-policy", policy, "--quiet", source, "oci:%s:latest" % layout)
+    finally:
+        subprocess.run(bah + ["rm", "--all"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 FIXTURES = {
     "busybox": (build_busybox, []),
     "full": (build_full, ["busybox"]),
@@ -431,6 +657,8 @@ FIXTURES = {
     "zstd": (build_zstd, ["plain"]),
     "docker": (build_docker, ["busybox"]),
     "i386": (build_i386, []),
+    "debian-umoci": (build_debian_umoci, []),
+    "debian-buildah": (build_debian_buildah, []),
 }
 
 
@@ -454,9 +682,11 @@ def build(out, name, failed):
     os.makedirs(work)
     tmp = os.path.join(work, "layout")
     print(f"fixtures.py: building {name}", file=sys.stderr)
+    start = time.monotonic()
     try:
         func(out, tmp, work)
         os.rename(tmp, layout)
+        print(f"fixtures.py: built {name} in {time.monotonic() - start:.0f} s", file=sys.stderr)
     except (subprocess.CalledProcessError, OSError, KeyError, IndexError) as e:
         print(f"fixtures.py: {name}: {e}", file=sys.stderr)
         failed.add(name)
