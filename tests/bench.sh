@@ -218,8 +218,12 @@ rm -rf "$M/out" "$M/oci" "$M/cold-cache"
 push_fixture busybox "$REG" >/dev/null || die "pushing busybox failed"
 env HOME="$M/home" XDG_CACHE_HOME="$M/warm-cache" "$DPULL" -q "$REG/busybox" "$M/box" ||
 	die "d-pull busybox failed"
-BWRAP=$("$DRUN" --debug "$M/box" true 2>&1 >/dev/null) || die "d-run --debug $M/box true failed"
-[[ $BWRAP == bwrap\ * ]] || die "d-run --debug printed no bwrap command line: $BWRAP"
+# d-run's bwrap command line, from a bwrap first in PATH that prints its arguments
+mkdir -p "$T/showargs"
+printf '#!/bin/bash\nprintf bwrap; printf " %%q" "$@"; echo\n' >"$T/showargs/bwrap"
+chmod +x "$T/showargs/bwrap"
+BWRAP=$(PATH="$T/showargs:$PATH" "$DRUN" "$M/box" true) || die "d-run $M/box true failed"
+[[ $BWRAP == bwrap\ * ]] || die "no bwrap command line from d-run: $BWRAP"
 # the floor for any wrapper: env(1) adds one exec of a small dynamic program to bwrap
 declare -A RUN_CMDS=([drun]="$DRUN $M/box true" [bwrap]=$BWRAP [env]="env $BWRAP")
 RUN_ORDER=(drun bwrap env)
