@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <ftw.h>
+#include <libgen.h>
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
@@ -40,6 +41,10 @@ static struct {
 	char *registry, *host, *repo, *tag, *digest;
 } ref;
 static const char *image, *want, *out_dir; /* image: "registry/repository", for messages */
+/* DIR is reached through fds once made: whoever else can write in its parent cannot move it,
+ * or what it holds, under us. out_name is its name in its parent. */
+static int parent_fd, out_fd, rootfs_fd;
+static char *out_name;
 static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
 static int cache_fd, quiet, rootless, nlayers, done;
 static struct transfer *layers;
@@ -154,6 +159,7 @@ static CURL *start(struct transfer *t)
 	curl_easy_setopt(h, CURLOPT_URL, t->url);
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(h, CURLOPT_MAXREDIRS, 10L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 30L);
@@ -175,7 +181,6 @@ static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
 	/* plain HTTP only where the server does not speak TLS, on a loopback registry (as
 	 * docker); a certificate that does not verify is an error */
 	if (rc == CURLE_SSL_CONNECT_ERROR && !strncmp(t->url, base_url, strlen(base_url)) &&
-	    !strncmp(base_url, "https", 5) &&
 	    matches("^(localhost|\\[::1\\]|127\\.[0-9.]+)(:[0-9]+)?$", ref.registry, NULL, 0)) {
 		base_url = xasprintf("http%s", base_url + 5);
 		t->url = xasprintf("http%s", t->url + 5);
@@ -346,9 +351,9 @@ static const char *select_platform(const cJSON *index)
 	errx(1, "%s: no image for %s (docker manifest inspect lists those there are)", image, want);
 }
 
-static void write_file(const char *path, int flags, const char *text)
+static void write_file(int dirfd, const char *path, int flags, const char *text)
 {
-	int fd = open(path, O_WRONLY | O_CLOEXEC | flags, 0644);
+	int fd = openat(dirfd, path, O_WRONLY | O_CLOEXEC | flags, 0644);
 	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || close(fd))
 		err(1, "%s", path);
 }
@@ -387,9 +392,8 @@ static void write_config(cJSON *json, const char *what, const char *full_name)
 		warnx("%s: image WorkingDir \"%s\" dropped: under /proc or /dev", what, workdir);
 		cJSON_DeleteItemFromObjectCaseSensitive(config, "WorkingDir");
 	}
-	write_file(xasprintf("%s/config.json", out_dir), O_CREAT | O_EXCL,
-		   xasprintf("%s\n", cJSON_Print(config)));
-	write_file(xasprintf("%s/image.txt", out_dir), O_CREAT | O_EXCL,
+	write_file(out_fd, "config.json", O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
+	write_file(out_fd, "image.txt", O_CREAT | O_EXCL,
 		   xasprintf("%s\n%s\n", full_name, platform_name(json)));
 }
 
@@ -581,7 +585,7 @@ static void wait_extractor(void)
 /* Unpacks a cached layer in a child chrooted into the rootfs, while the next one downloads.
  * Unprivileged, a user namespace that maps only ourselves grants the chroot. Its messages
  * start with the layer's digest. */
-static void start_extractor(const char *rootfs, const char *digest)
+static void start_extractor(const char *digest)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
 	int fd;
@@ -596,21 +600,21 @@ static void start_extractor(const char *rootfs, const char *digest)
 	if (rootless && unshare(CLONE_NEWUSER))
 		err(1, "unshare a user namespace");
 	if (rootless) {
-		write_file("/proc/self/setgroups", 0, "deny");
-		write_file("/proc/self/uid_map", 0, uid_map);
-		write_file("/proc/self/gid_map", 0, gid_map);
+		write_file(AT_FDCWD, "/proc/self/setgroups", 0, "deny");
+		write_file(AT_FDCWD, "/proc/self/uid_map", 0, uid_map);
+		write_file(AT_FDCWD, "/proc/self/gid_map", 0, gid_map);
 	}
-	if ((fd = open_cached(digest)) < 0)
-		errx(1, "gone from the cache %s", cache_path);
-	if (chroot(rootfs) || chdir("/"))
-		err(1, "chroot %s", rootfs);
+	/* touched just before, it is there: -1 only if someone removed it, a read error then */
+	fd = open_cached(digest);
+	if (fchdir(rootfs_fd) || chroot("."))
+		err(1, "chroot %s/rootfs", out_dir);
 	extract_layer(fd);
 	_exit(0);
 }
 
 /* Downloads the missing layers, the lowest first, each unpacked while the next downloads. A
  * cached one is touched, to keep it 30 days more. */
-static void fetch_layers(const char *rootfs)
+static void fetch_layers(void)
 {
 	int fd;
 	for (struct transfer *t = layers; t < layers + nlayers; t++) {
@@ -620,7 +624,7 @@ static void fetch_layers(const char *rootfs)
 			get(t);
 		if (fd < 0 && !quiet)
 			warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
-		start_extractor(rootfs, t->digest);
+		start_extractor(t->digest);
 	}
 	wait_extractor();
 }
@@ -666,7 +670,7 @@ static void cleanup(void)
 		return;
 	if (extractor > 0 && !kill(extractor, SIGKILL))
 		waitpid(extractor, NULL, 0);
-	remove_tree(AT_FDCWD, out_dir);
+	remove_tree(parent_fd, out_name);
 }
 
 /* The layers of an image manifest, and its config's digest */
@@ -700,7 +704,6 @@ static const char *read_manifest(const cJSON *manifest)
 static void pull(void)
 {
 	char digest[DIGEST_LEN + 1], *full_name;
-	char *rootfs = xasprintf("%s/rootfs", out_dir);
 	const char *reference = ref.digest ? ref.digest : ref.tag, *config;
 	cJSON *manifest;
 	base_url = xasprintf("https://%s/v2/%s", ref.host, ref.repo);
@@ -717,9 +720,11 @@ static void pull(void)
 		xasprintf("%s%s%s@%s", image, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
 	if (!quiet)
 		warnx("pulling %s into %s", full_name, out_dir);
-	if (mkdir(rootfs, 0755))
-		err(1, "mkdir %s", rootfs);
-	fetch_layers(rootfs);
+	if (mkdirat(out_fd, "rootfs", 0755) ||
+	    (rootfs_fd =
+		     openat(out_fd, "rootfs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		err(1, "%s/rootfs", out_dir);
+	fetch_layers();
 	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, full_name);
 }
 
@@ -742,12 +747,19 @@ int main(int argc, char **argv)
 		errx(2, "%s", usage);
 	parse_ref(argv[optind]);
 	parse_platform(platform);
-	out_dir = argv[optind + 1] ? argv[optind + 1] : basename(ref.repo);
+	out_dir = argv[optind + 1] ? argv[optind + 1] : basename(xasprintf("%s", ref.repo));
+	out_name = basename(xasprintf("%s", out_dir));
 	rootless = getuid() != 0;
-	if (mkdir(out_dir, 0755))
+	if ((parent_fd =
+		     open(dirname(xasprintf("%s", out_dir)), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		err(1, "%s", out_dir);
+	if (mkdirat(parent_fd, out_name, 0755))
 		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
 	parent = getpid();
 	atexit(cleanup);
+	if ((out_fd = openat(parent_fd, out_name,
+			     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		err(1, "%s", out_dir);
 	open_cache();
 	load_credentials();
 	pull();

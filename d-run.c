@@ -72,7 +72,7 @@ static char *fd_path(int fd)
 static int is_under(const char *path, const char *top)
 {
 	size_t n = strlen(top);
-	return !strncmp(path, top, n) && (path[n] == '/' || path[n] == '\0');
+	return !strncmp(path, top, n) && (!strcmp(top, "/") || path[n] == '/' || !path[n]);
 }
 
 /* Finds path inside root and creates what is missing of it (the last part as a file when file
@@ -126,37 +126,28 @@ static char *read_in_sandbox(const char *path)
 	return read_fd(open_in_sandbox(path, O_RDONLY | O_NONBLOCK), path, MAX_FILE);
 }
 
-/* The passwd or group line whose name, or number, is key; fields are split in place. */
-static int find_entry(char *text, const char *key, char **field, int nfields)
-{
-	char *line, *save = NULL;
-	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		for (int i = 0; i < nfields; i++)
-			field[i] = strsep(&line, ":");
-		if (field[nfields - 1] && (!strcmp(field[0], key) || !strcmp(field[2], key)))
-			return 1;
-	}
-	return 0;
-}
-
-/* User is name, uid, name:group or uid:gid, looked up in the sandbox's files, never the host's. */
+/* User is name, uid, name:gid or uid:gid, looked up in the sandbox's passwd, never the host's.
+ * A gid is a number (docker also looks names up in /etc/group); bwrap refuses a uid or gid
+ * that is not a number: a name that was not found. */
 static const char *add_user(const char *spec)
 {
-	char *user = xasprintf("%s", spec), *group = strchr(user, ':'), *f[7], *text;
-	const char *uid = user, *gid = "0", *home = "/";
-	if (group)
-		*group++ = '\0';
-	text = read_in_sandbox("/etc/passwd");
-	if (text && find_entry(text, user, f, 7)) {
-		uid = f[2];
-		gid = f[3];
-		home = f[5];
+	char *user = xasprintf("%s", spec), *gid = strchr(user, ':'), *f[7], *line, *save = NULL;
+	char *text = read_in_sandbox("/etc/passwd");
+	const char *uid = user, *home = "/";
+	if (gid)
+		*gid++ = '\0';
+	for (line = text ? strtok_r(text, "\n", &save) : NULL; line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		for (int i = 0; i < 7; i++)
+			f[i] = strsep(&line, ":");
+		if (f[6] && (!strcmp(f[0], user) || !strcmp(f[2], user))) {
+			uid = f[2];
+			gid = gid ? gid : f[3];
+			home = f[5];
+			break;
+		}
 	}
-	text = group ? read_in_sandbox("/etc/group") : NULL;
-	if (group)
-		gid = text && find_entry(text, group, f, 4) ? f[2] : group;
-	/* bwrap refuses a uid or gid that is not a number: a name that was not found */
-	add("--uid", uid, "--gid", gid, NULL);
+	add("--uid", uid, "--gid", gid ? gid : "0", NULL);
 	return home;
 }
 
@@ -180,8 +171,12 @@ static void add_volume(const char *spec)
 	if (!(real = realpath(host, NULL)) || stat(real, &st))
 		err(1, "volume %s: %s", spec, host);
 	dest = (char *)mount_point(root_fd, dest, !S_ISDIR(st.st_mode));
+	if (!strcmp(dest, "/"))
+		errx(1, "volume %s: resolves to /", spec);
+	/* in the sandbox, and on the host: a run could put a symlink in the outer one */
 	for (int i = 0; i < nbinds; i++)
-		if (is_under(dest, binds[i].dest) || is_under(binds[i].dest, dest))
+		if (is_under(dest, binds[i].dest) || is_under(binds[i].dest, dest) ||
+		    is_under(real, binds[i].host) || is_under(binds[i].host, real))
 			errx(1, "volume %s: %s and volume %s nest", spec, dest, binds[i].dest);
 	binds = xrealloc(binds, (nbinds + 1) * sizeof(*binds));
 	binds[nbinds].host = real;
@@ -235,17 +230,16 @@ static void parse_options(int argc, char **argv)
 /* DIR, its rootfs and its config.json */
 static cJSON *read_config(const char *arg)
 {
-	char *text;
 	if ((dir_fd = open(arg, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 ||
 	    !(dir = realpath(arg, NULL)))
 		err(1, "%s", arg);
 	if ((root_fd = openat(dir_fd, "rootfs", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s/rootfs", dir);
 	conf_name = xasprintf("%s/config.json", dir);
-	text = read_fd(openat(dir_fd, "config.json", O_RDONLY | O_CLOEXEC), conf_name, MAX_FILE);
-	if (!text)
-		errx(1, "%s: missing", conf_name);
-	return parse_object(text, conf_name);
+	/* missing, it is not a JSON object either */
+	return parse_object(
+		read_fd(openat(dir_fd, "config.json", O_RDONLY | O_CLOEXEC), conf_name, MAX_FILE),
+		conf_name);
 }
 
 /* the sandbox: the rootfs, a new /proc, /dev and /tmp, the network if asked, the volumes */

@@ -7,7 +7,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-SUITE_TESTS=113
+SUITE_TESTS=114
 plan $((2 * SUITE_TESTS + 18))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -140,7 +140,8 @@ suite() {
 	is "$me: User from the config (name)" "$(drun "$H/user" id)" "uid=1000(user) gid=1000(user)"
 	is "$me: -u name" "$(drun -u nobody "$H/box" id -u)" 65534
 	is "$me: -u uid" "$(drun -u 1000 "$H/box" id)" "uid=1000(user) gid=1000(user)"
-	is "$me: -u name:group" "$(drun -u user:staff "$H/box" id)" "uid=1000(user) gid=50(staff)"
+	is "$me: -u name:gid" "$(drun -u user:50 "$H/box" id)" "uid=1000(user) gid=50(staff)"
+	is "$me: -u name:group-name: bwrap refuses the gid (only numbers)" "$(status drun -u user:staff "$H/box" id)" 1
 	is "$me: -u uid:gid" "$(drun -u 1000:50 "$H/box" id)" "uid=1000(user) gid=50(staff)"
 	is "$me: -u uid:gid not in the image's files" "$(drun -u 4242:4343 "$H/box" id)" "uid=4242 gid=4343"
 	is "$me: -u overrides the config's User" "$(drun -u root "$H/user" id -u)" 0
