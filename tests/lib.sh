@@ -13,6 +13,10 @@
 #   SSL_CERT_FILE and CURL_CA_BUNDLE (exported, make_ca), REG_HTTP / REG_TLS / REG_TOKEN = 127.0.0.1:PORT,
 #   TOKEN_REALM = https://127.0.0.1:PORT/token, TOKEN_SERVICE, TOKEN_LOG = $T/token.log
 #   (one line per issued token: "anonymous|alice SCOPE..."), REG_STORAGE_<KIND>.
+# The caller's environment is not the tests': proxies, GOOS/GOARCH, DOCKER_CONFIG... are unset,
+# umask is 022 and stdin /dev/null. Servers bind port 0 (_listen_port finds the port).
+# Probes (can_userns, can_sandbox, can_run_i386) tell whether this machine can run a test;
+# one that cannot is skipped, with the reason the probe found (PROBE_ERROR).
 #
 # Fixtures (tests/fixtures.py builds them as root into $FIXTURES, once, under flock).
 # Every one is linux/amd64 unless said otherwise; all OCI ones come from umoci, so
