@@ -6,7 +6,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-plan 119
+plan 118
 
 WHO=(as_root as_user)
 # Unprivileged, d-pull unpacks in a user namespace. Where as_user cannot make one, the tests of
@@ -377,7 +377,6 @@ is "CURL_CA_BUNDLE alone names the CA" "$? $(line1 ca-curl)" "0 $REG_TLS/busybox
 is "without the test CA the TLS registry fails with a certificate error, nothing created" \
 	"$(expect_failure "$U" ca-none '[Cc]ertificate|SSL|TLS' \
 		env -u SSL_CERT_FILE -u CURL_CA_BUNDLE "$DPULL" -q "$REG_TLS/busybox" ca-none)" ""
-skip "D_PULL_INSECURE names plain-HTTP registries" "loopback registries are plain-HTTP capable anyway"
 
 # --- auth: token registry ---------------------------------------------------------------------
 TOKEN_HOST=${REG_TOKEN//./\\.}
