@@ -51,7 +51,7 @@ cJSON *parse_object(const char *text, const char *what)
 }
 
 const cJSON *json_get(const cJSON *obj, const char *key, cJSON_bool (*is)(const cJSON *),
-		      const char *type, const char *what)
+                      const char *type, const char *what)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
 	if (item && !cJSON_IsNull(item) && !is(item))

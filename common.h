@@ -21,5 +21,5 @@ char *read_fd(int fd, const char *path, size_t max);
 cJSON *parse_object(const char *text, const char *what);
 /* Member key of obj (what names obj in errors), NULL if missing or null, else of the type. */
 const cJSON *json_get(const cJSON *obj, const char *key, cJSON_bool (*is)(const cJSON *),
-		      const char *type, const char *what);
+                      const char *type, const char *what);
 const char *json_string(const cJSON *obj, const char *key, const char *what);

@@ -54,7 +54,7 @@ static void *written, *opaque;
 static const char *cleared;
 static pid_t parent, extractor;
 static const char usage[] = "usage: d-pull [-h] [-q] [--platform OS/ARCH[/VARIANT]] "
-			    "[registry/]name[:tag|@digest] [DIR]";
+                            "[registry/]name[:tag|@digest] [DIR]";
 
 static int matches(const char *pattern, const char *s, regmatch_t *m, size_t n)
 {
@@ -78,10 +78,10 @@ static char *group(const char *s, regmatch_t m)
 static void parse_ref(const char *arg)
 {
 	static const char grammar[] =
-		"^(((localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|"
-		"\\[[0-9a-fA-F:]+\\])(:[0-9]+)?)/)?"
-		"([a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*)"
-		"(:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(@(sha256:[0-9a-f]{64}))?$";
+	        "^(((localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|"
+	        "\\[[0-9a-fA-F:]+\\])(:[0-9]+)?)/)?"
+	        "([a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*)"
+	        "(:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(@(sha256:[0-9a-f]{64}))?$";
 	regmatch_t m[14];
 	if (!matches(grammar, arg, m, 14))
 		errx(1, "%s: invalid image name: want [registry/]name[:tag][@sha256:...]", arg);
@@ -140,9 +140,9 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 static CURL *start(struct transfer *t)
 {
 	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
-				     "application/vnd.docker.distribution.manifest.list.v2+json, "
-				     "application/vnd.oci.image.manifest.v1+json, "
-				     "application/vnd.docker.distribution.manifest.v2+json";
+	                             "application/vnd.docker.distribution.manifest.list.v2+json, "
+	                             "application/vnd.oci.image.manifest.v1+json, "
+	                             "application/vnd.docker.distribution.manifest.v2+json";
 	const char *ca = getenv("CURL_CA_BUNDLE");
 	CURL *h = curl_easy_init();
 	int fd = -1;
@@ -188,8 +188,8 @@ static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
 	}
 	/* a failure that may pass: a network error, a server error */
 	int passing = rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
-		      rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
-		      rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500);
+	              rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
+	              rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500);
 	t->tries++;
 	if (t->tries < MAX_TRIES && passing) {
 		sleep(1 << t->tries);
@@ -281,8 +281,8 @@ static void authenticate(const char *challenge)
 	if (strncasecmp(challenge, "Bearer", 6) || !realm)
 		errx(1, "%s: unsupported authentication: %s", ref.host, challenge);
 	t.url = xasprintf("%s%cservice=%s&scope=%s", realm, strchr(realm, '?') ? '&' : '?',
-			  curl_easy_escape(NULL, service ? service : "", 0),
-			  curl_easy_escape(NULL, scope, 0));
+	                  curl_easy_escape(NULL, service ? service : "", 0),
+	                  curl_easy_escape(NULL, scope, 0));
 	get(&t);
 	json = parse_object(t.body, realm);
 	token = json_string(json, "token", realm);
@@ -315,10 +315,10 @@ static void load_credentials(void)
 	const cJSON *auths = NULL, *e;
 	if (!file)
 		file = docker ? xasprintf("%s/config.json", docker)
-			      : xasprintf("%s/.docker/config.json", getenv("HOME"));
+		              : xasprintf("%s/.docker/config.json", getenv("HOME"));
 	if ((text = read_fd(open(file, O_RDONLY | O_CLOEXEC), file, MAX_BODY)))
 		auths = json_get(parse_object(text, file), "auths", cJSON_IsObject, "an object",
-				 file);
+		                 file);
 	cJSON_ArrayForEach(e, auths)
 		if (!credentials && names_registry(e->string))
 			credentials = (char *)json_string(e, "auth", file);
@@ -334,7 +334,7 @@ static const char *platform_name(const cJSON *p)
 	if (!variant && arch && !strcmp(arch, "arm64"))
 		variant = "v8";
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "",
-			 variant ? variant : "");
+	                 variant ? variant : "");
 }
 
 /* The wanted platform's manifest in an index: a platform given without variant takes any. */
@@ -394,7 +394,7 @@ static void write_config(cJSON *json, const char *what, const char *full_name)
 	}
 	write_file(out_fd, "config.json", O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
 	write_file(out_fd, "image.txt", O_CREAT | O_EXCL,
-		   xasprintf("%s\n%s\n", full_name, platform_name(json)));
+	           xasprintf("%s\n%s\n", full_name, platform_name(json)));
 }
 
 /* rm -rf by fds, never following a symlink; nothing there, or a file as a parent, is no error */
@@ -419,7 +419,7 @@ static int compare(const void *a, const void *b)
 
 /* Below an opaque directory: removes what this layer did not write, looks into what it did. */
 static int clear_lower(const char *path, const struct stat *st __attribute__((unused)),
-		       int type __attribute__((unused)), struct FTW *ftw)
+                       int type __attribute__((unused)), struct FTW *ftw)
 {
 	if (!strncmp(path, "./", 2))
 		path += 2;
@@ -537,7 +537,7 @@ static void extract_layer(int fd)
 	archive_read_support_format_tar(in);
 	archive_read_support_format_empty(in);
 	archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
-						    (rootless ? 0 : ARCHIVE_EXTRACT_OWNER));
+	                                            (rootless ? 0 : ARCHIVE_EXTRACT_OWNER));
 	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK)
 		errx(1, "%s", archive_error_string(in));
 	/* A name that is not UTF-8 in a PAX record (as Go writes it), or any that is not ASCII,
@@ -717,12 +717,12 @@ static void pull(void)
 	}
 	config = read_manifest(manifest);
 	full_name =
-		xasprintf("%s%s%s@%s", image, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
+	        xasprintf("%s%s%s@%s", image, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
 	if (!quiet)
 		warnx("pulling %s into %s", full_name, out_dir);
 	if (mkdirat(out_fd, "rootfs", 0755) ||
 	    (rootfs_fd =
-		     openat(out_fd, "rootfs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+	             openat(out_fd, "rootfs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
 		err(1, "%s/rootfs", out_dir);
 	fetch_layers();
 	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, full_name);
@@ -731,9 +731,9 @@ static void pull(void)
 int main(int argc, char **argv)
 {
 	static const struct option options[] = { { "help", no_argument, NULL, 'h' },
-						 { "quiet", no_argument, NULL, 'q' },
-						 { "platform", required_argument, NULL, 'p' },
-						 { NULL, 0, NULL, 0 } };
+		                                 { "quiet", no_argument, NULL, 'q' },
+		                                 { "platform", required_argument, NULL, 'p' },
+		                                 { NULL, 0, NULL, 0 } };
 	const char *platform = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "hq", options, NULL)) != -1)
@@ -751,14 +751,14 @@ int main(int argc, char **argv)
 	out_name = basename(xasprintf("%s", out_dir));
 	rootless = getuid() != 0;
 	if ((parent_fd =
-		     open(dirname(xasprintf("%s", out_dir)), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+	             open(dirname(xasprintf("%s", out_dir)), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s", out_dir);
 	if (mkdirat(parent_fd, out_name, 0755))
 		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
 	parent = getpid();
 	atexit(cleanup);
 	if ((out_fd = openat(parent_fd, out_name,
-			     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+	                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
 		err(1, "%s", out_dir);
 	open_cache();
 	load_credentials();

@@ -23,8 +23,8 @@ static struct {
  * its own set-up root, which holds the host's root as oldroot, and /dev/fd is /proc/self/fd. */
 static const char *magic_mounts[2];
 static const char usage[] =
-	"usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] [-n|--net] [-w|--rw] "
-	"DIR [CMD...]";
+        "usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] [-n|--net] [-w|--rw] "
+        "DIR [CMD...]";
 
 /* openat2(2) with resolve flags such as RESOLVE_IN_ROOT; O_CLOEXEC is added. */
 static int open_at(int dirfd, const char *path, int flags, unsigned long long resolve)
@@ -91,8 +91,8 @@ static const char *mount_point(int root, const char *path, int file)
 		/* made in its parent, found inside root, if missing; what is there stays */
 		if (!c && file)
 			close(openat(fd, name,
-				     O_CREAT | O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
-				     0644));
+			             O_CREAT | O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
+			             0644));
 		else
 			mkdirat(fd, name, 0755);
 		if ((fd = open_at(root, p, O_PATH, IN_ROOT)) < 0)
@@ -167,7 +167,7 @@ static void add_volume(const char *spec)
 		errx(1, "volume %s: want /path or host:/path[:ro|:rw], without ..", spec);
 	if (!host)
 		host = xasprintf("%s%s", dir,
-				 mount_point(dir_fd, xasprintf("volumes/%s", dest), 0));
+		                 mount_point(dir_fd, xasprintf("volumes/%s", dest), 0));
 	if (!(real = realpath(host, NULL)) || stat(real, &st))
 		err(1, "volume %s: %s", spec, host);
 	dest = (char *)mount_point(root_fd, dest, !S_ISDIR(st.st_mode));
@@ -189,7 +189,7 @@ static void add_strings(const cJSON *config, const char *key, int env)
 {
 	const cJSON *s;
 	cJSON_ArrayForEach(s,
-			   json_get(config, key, cJSON_IsArray, "a list of strings", conf_name)) {
+	                   json_get(config, key, cJSON_IsArray, "a list of strings", conf_name)) {
 		if (!cJSON_IsString(s))
 			errx(1, "%s: \"%s\" is not a list of strings", conf_name, key);
 		if (env)
@@ -202,10 +202,10 @@ static void add_strings(const cJSON *config, const char *key, int env)
 static void parse_options(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "help", no_argument, NULL, 'h' },	 { "volume", required_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },      { "volume", required_argument, NULL, 'v' },
 		{ "env", required_argument, NULL, 'e' }, { "user", required_argument, NULL, 'u' },
-		{ "net", no_argument, NULL, 'n' },	 { "rw", no_argument, NULL, 'w' },
-		{ "fakeroot", no_argument, NULL, 'r' },	 { NULL, 0, NULL, 0 }
+		{ "net", no_argument, NULL, 'n' },       { "rw", no_argument, NULL, 'w' },
+		{ "fakeroot", no_argument, NULL, 'r' },  { NULL, 0, NULL, 0 }
 	};
 	cJSON *env, *volumes;
 	int c;
@@ -238,8 +238,8 @@ static cJSON *read_config(const char *arg)
 	conf_name = xasprintf("%s/config.json", dir);
 	/* missing, it is not a JSON object either */
 	return parse_object(
-		read_fd(openat(dir_fd, "config.json", O_RDONLY | O_CLOEXEC), conf_name, MAX_FILE),
-		conf_name);
+	        read_fd(openat(dir_fd, "config.json", O_RDONLY | O_CLOEXEC), conf_name, MAX_FILE),
+	        conf_name);
 }
 
 /* the sandbox: the rootfs, a new /proc, /dev and /tmp, the network if asked, the volumes */
