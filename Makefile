@@ -3,20 +3,21 @@ PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 CFLAGS ?= -O2 -g
 WARNINGS = -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes
-PKGS = libcurl libarchive libcjson libcrypto
+PKGS = libcurl libarchive libcjson libcrypto libseccomp
 SOURCES = d-pull.c d-run.c common.c common.h
 CODE_BUDGET = 1000
 # Debian packages: build, run time, tests.
 DEBS = gcc make pkg-config libcurl4-openssl-dev libarchive-dev libcjson-dev libssl-dev \
+	libseccomp-dev dpkg-dev \
 	bubblewrap ca-certificates \
 	docker-registry skopeo umoci buildah debootstrap busybox-static python3 python3-jwt python3-cryptography \
-	openssl zstd perl util-linux curl jq shellcheck clang-format cloc
+	openssl zstd perl util-linux curl jq shellcheck clang-format cloc mandoc hyperfine
 
 all: d-pull d-run
 
 d-pull d-run: %: %.c common.c common.h
 	$(CC) -std=gnu11 $(WARNINGS) $$(pkg-config --cflags $(PKGS)) $(CPPFLAGS) $(CFLAGS) \
-		-o $@ $< common.c $(LDFLAGS) $$(pkg-config --libs $(PKGS))
+		-o $@ $< common.c -Wl,--as-needed $(LDFLAGS) $$(pkg-config --libs $(PKGS))
 
 asan/d-pull asan/d-run: asan/%: %.c common.c common.h
 	@mkdir -p asan
@@ -54,11 +55,13 @@ demo: deps all
 	tests/demo.sh
 
 install: all
-	install -d $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 755 d-pull d-run $(DESTDIR)$(BINDIR)
+	install -m 644 d-pull.1 d-run.1 $(DESTDIR)$(PREFIX)/share/man/man1
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/d-pull $(DESTDIR)$(BINDIR)/d-run
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man1/d-pull.1 $(DESTDIR)$(PREFIX)/share/man/man1/d-run.1
 
 clean:
 	rm -rf d-pull d-run asan

@@ -21,7 +21,6 @@
 #include <time.h>
 #include "common.h"
 #define MAX_BODY (4 << 20) /* manifests, configs, tokens */
-#define MAX_LAYER 1e13 /* bytes: 10 TB, far above any real layer, and exact as a double */
 #define MAX_TRIES 4
 #define DIGEST_LEN 71 /* "sha256:" and 64 hex digits */
 
@@ -186,10 +185,12 @@ static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
 		t->url = xasprintf("http%s", t->url + 5);
 		return 1;
 	}
-	/* a failure that may pass: a network error, a server error */
-	int passing = rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT ||
-	              rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
-	              rc == CURLE_PARTIAL_FILE || (rc == CURLE_OK && t->status >= 500);
+	/* A failure that may pass: a connection that broke, a server error. A connection refused
+	 * at first is a wrong address, or no registry there: that fails at once. */
+	int passing = rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_GOT_NOTHING ||
+	              rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
+	              rc == CURLE_PARTIAL_FILE || (rc == CURLE_COULDNT_CONNECT && t->tries) ||
+	              (rc == CURLE_OK && t->status >= 500);
 	t->tries++;
 	if (t->tries < MAX_TRIES && passing) {
 		sleep(1 << t->tries);
@@ -330,9 +331,6 @@ static const char *platform_name(const cJSON *p)
 	const char *os = json_string(p, "os", "platform");
 	const char *arch = json_string(p, "architecture", "platform");
 	const char *variant = json_string(p, "variant", "platform");
-	/* the spec's default (v7 for arm is left out: images name it) */
-	if (!variant && arch && !strcmp(arch, "arm64"))
-		variant = "v8";
 	return xasprintf("%s/%s%s%s", os ? os : "?", arch ? arch : "?", variant ? "/" : "",
 	                 variant ? variant : "");
 }
@@ -358,21 +356,13 @@ static void write_file(int dirfd, const char *path, int flags, const char *text)
 		err(1, "%s", path);
 }
 
-/* 1 for /proc, /dev and what is below, however spelled (//proc, /./dev/fd): bwrap mounts its
- * own there, full of magic links that lead out of the sandbox while it is set up. */
-static int under_proc_or_dev(const char *path)
-{
-	return matches("^(/|\\./)*(proc|dev)(/|$)", path, NULL, 0);
-}
-
 /* config.json is the image's config object, less what would grant the image host access: net,
- * rw, host paths and /proc or /dev as volumes or working directory. d-run refuses these too.
+ * rw and host paths as volumes (d-run refuses /proc and /dev as volumes or working directory).
  * image.txt names the image and its platform. */
 static void write_config(cJSON *json, const char *what, const char *full_name)
 {
 	cJSON *volumes, *v, *next;
 	cJSON *config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
-	const char *workdir = json_string(config, "WorkingDir", what);
 	if (!cJSON_IsObject(config))
 		config = cJSON_CreateObject();
 	while ((v = cJSON_DetachItemFromObjectCaseSensitive(config, "net")) ||
@@ -382,15 +372,11 @@ static void write_config(cJSON *json, const char *what, const char *full_name)
 	volumes = cJSON_GetObjectItemCaseSensitive(config, "Volumes");
 	for (v = cJSON_IsObject(volumes) ? volumes->child : NULL; v; v = next) {
 		next = v->next;
-		if (v->string[0] == '/' && !strchr(v->string, ':') && !under_proc_or_dev(v->string))
+		if (v->string[0] == '/' && !strchr(v->string, ':'))
 			continue;
 		warnx("%s: image volume \"%s\" dropped: not a path of the image's own", what,
 		      v->string);
 		cJSON_Delete(cJSON_DetachItemViaPointer(volumes, v));
-	}
-	if (workdir && under_proc_or_dev(workdir)) {
-		warnx("%s: image WorkingDir \"%s\" dropped: under /proc or /dev", what, workdir);
-		cJSON_DeleteItemFromObjectCaseSensitive(config, "WorkingDir");
 	}
 	write_file(out_fd, "config.json", O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
 	write_file(out_fd, "image.txt", O_CREAT | O_EXCL,
@@ -495,7 +481,6 @@ static char *entry_name(struct archive_entry *e)
  * directories; devices are skipped, setuid and setgid bits dropped. */
 static void extract_entry(struct archive *in, struct archive *out, struct archive_entry *e)
 {
-	static int warned;
 	mode_t type = archive_entry_filetype(e);
 	mode_t perm = archive_entry_perm(e) & ~(S_ISUID | S_ISGID);
 	char *name = entry_name(e), *base = strrchr(name, '/');
@@ -506,10 +491,10 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 		apply_whiteout(name, base);
 		return;
 	}
-	if ((type == AE_IFCHR || type == AE_IFBLK) && !warned++)
-		warnx("skipping device nodes such as %s", name);
-	if (type == AE_IFCHR || type == AE_IFBLK)
+	if (type == AE_IFCHR || type == AE_IFBLK) {
+		warnx("%s: a device node: skipped", name);
 		return;
+	}
 	if (!*name && type != AE_IFDIR)
 		errx(1, "the root entry is not a directory");
 	/* so that the user can rm -rf the result */
@@ -687,9 +672,10 @@ static const char *read_manifest(const cJSON *manifest)
 		t = &layers[nlayers++];
 		*t = (struct transfer){ .layer = 1 };
 		size = cJSON_GetObjectItemCaseSensitive(layer, "size");
-		/* in range before the cast, which would be undefined out of it */
-		if (!cJSON_IsNumber(size) || !(size->valuedouble >= 0) ||
-		    size->valuedouble > MAX_LAYER ||
+		/* in range before the cast, which would be undefined out of it; 10 TB is far above
+		 * any real layer, and exact as a double */
+		if (!cJSON_IsNumber(size) ||
+		    !(size->valuedouble >= 0 && size->valuedouble <= 1e13) ||
 		    (curl_off_t)size->valuedouble != size->valuedouble)
 			errx(1, "%s: manifest: a layer size is not a whole number of bytes", image);
 		t->size = size->valuedouble;

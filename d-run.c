@@ -4,6 +4,8 @@
  * It builds bwrap's argv, then execs it: allocations and fds are left to that. */
 #define _GNU_SOURCE
 #include <linux/openat2.h>
+#include <seccomp.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include "common.h"
 #define MAX_FILE (1 << 20)
@@ -14,7 +16,7 @@ static cJSON *opts;
 static const char *opt_user;
 static int net, rw;
 static const char **args, *dir, *conf_name;
-static int nargs, dir_fd, root_fd, nbinds;
+static int nargs, dir_fd, root_fd, nbinds, filter_fd;
 static struct {
 	const char *dest, *host;
 } * binds; /* the volumes */
@@ -120,10 +122,33 @@ static int open_in_sandbox(const char *path, int flags)
 	return open_at(root_fd, path, flags, IN_ROOT);
 }
 
-/* The text of a file as the sandbox sees it, or NULL. O_NONBLOCK: a FIFO must not hang us. */
-static char *read_in_sandbox(const char *path)
+/* For a run as uid 0, which is the only uid mapped: the calls that change owners or identities
+ * succeed and do nothing, as in charliecloud and Nix, so that dpkg and apt work. An i386 image
+ * on an x86_64 kernel calls through the 32-bit table, hence its names ending in 32. */
+static void add_filter(void)
 {
-	return read_fd(open_in_sandbox(path, O_RDONLY | O_NONBLOCK), path, MAX_FILE);
+	static const char faked[] =
+	        "chown fchown lchown fchownat chown32 fchown32 lchown32 setuid setuid32 setgid "
+	        "setgid32 setreuid setreuid32 setregid setregid32 setresuid setresuid32 "
+	        "setresgid setresgid32 setfsuid setfsuid32 setfsgid setfsgid32 setgroups "
+	        "setgroups32 capset";
+	char *names = xasprintf("%s", faked), *name, *save = NULL;
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	/* an architecture the filter does not know is not filtered */
+	int r = !ctx || seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
+	if (!r && seccomp_arch_native() == SCMP_ARCH_X86_64)
+		r = seccomp_arch_add(ctx, SCMP_ARCH_X86);
+	for (name = strtok_r(names, " ", &save); !r && name; name = strtok_r(NULL, " ", &save))
+		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), seccomp_syscall_resolve_name(name), 0);
+	/* device nodes: S_IFCHR and S_IFBLK have this bit, a FIFO, a socket or a file has not */
+	r = r || seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), SCMP_SYS(mknod), 1,
+	                          SCMP_A1(SCMP_CMP_MASKED_EQ, S_IFCHR, S_IFCHR));
+	r = r || seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), SCMP_SYS(mknodat), 1,
+	                          SCMP_A2(SCMP_CMP_MASKED_EQ, S_IFCHR, S_IFCHR));
+	if (r || (filter_fd = memfd_create("d-run filter", 0)) < 0 ||
+	    seccomp_export_bpf(ctx, filter_fd) || lseek(filter_fd, 0, SEEK_SET))
+		errx(1, "cannot make the seccomp filter");
+	add("--seccomp", xasprintf("%d", filter_fd), NULL);
 }
 
 /* User is name, uid, name:gid or uid:gid, looked up in the sandbox's passwd, never the host's.
@@ -131,11 +156,11 @@ static char *read_in_sandbox(const char *path)
  * that is not a number: a name that was not found. */
 static const char *add_user(const char *spec)
 {
-	char *user = xasprintf("%s", spec), *gid = strchr(user, ':'), *f[7], *line, *save = NULL;
-	char *text = read_in_sandbox("/etc/passwd");
+	char *gid = xasprintf("%s", spec), *user = strsep(&gid, ":"), *f[7], *line, *save = NULL;
+	/* O_NONBLOCK: a FIFO must not hang us */
+	char *text = read_fd(open_in_sandbox("/etc/passwd", O_RDONLY | O_NONBLOCK), "/etc/passwd",
+	                     MAX_FILE);
 	const char *uid = user, *home = "/";
-	if (gid)
-		*gid++ = '\0';
 	for (line = text ? strtok_r(text, "\n", &save) : NULL; line;
 	     line = strtok_r(NULL, "\n", &save)) {
 		for (int i = 0; i < 7; i++)
@@ -148,6 +173,8 @@ static const char *add_user(const char *spec)
 		}
 	}
 	add("--uid", uid, "--gid", gid ? gid : "0", NULL);
+	if (!strcmp(uid, "0"))
+		add_filter();
 	return home;
 }
 
@@ -155,13 +182,10 @@ static const char *add_user(const char *spec)
  * under /dev. No volume may hold another: bwrap would follow symlinks a run put in the outer. */
 static void add_volume(const char *spec)
 {
-	char *s = xasprintf("%s", spec), *host = strsep(&s, ":"), *dest = strsep(&s, ":"), *real;
+	char *s = xasprintf("%s", spec), *real;
+	char *host = strchr(s, ':') ? strsep(&s, ":") : NULL, *dest = strsep(&s, ":");
 	const char *how = s && !strcmp(s, "ro") ? "--ro-bind" : "--bind";
 	struct stat st;
-	if (!dest) {
-		dest = host;
-		host = NULL;
-	}
 	if (*dest != '/' || !dest[1] || strstr(xasprintf("%s/", dest), "/../") ||
 	    (host && !*host) || (s && strcmp(s, "ro") && strcmp(s, "rw")))
 		errx(1, "volume %s: want /path or host:/path[:ro|:rw], without ..", spec);
@@ -252,7 +276,7 @@ static void add_mounts(const cJSON *config)
 	magic_mounts[0] = mount_point(root_fd, "/proc", 0);
 	magic_mounts[1] = mount_point(root_fd, "/dev", 0);
 	add("--proc", magic_mounts[0], "--dev", magic_mounts[1], NULL);
-	add("--tmpfs", mount_point(root_fd, "/tmp", 0), NULL);
+	add("--perms", "1777", "--tmpfs", mount_point(root_fd, "/tmp", 0), NULL);
 	/* the host's name service files, as volumes: what they point to if symlinks */
 	if (net) {
 		add("--share-net", NULL);
@@ -298,23 +322,18 @@ static void add_process(const cJSON *config, int argc, char **argv)
 		errx(1, "%s: no command: config.json has no Entrypoint or Cmd, so name one", dir);
 }
 
-static void exec_bwrap(void)
-{
-	/* nothing of ours, nor anything our caller leaked to us, reaches the sandbox */
-	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC))
-		err(1, "close_range");
-	execvp("bwrap", (char **)args);
-	err(127, "bwrap");
-}
-
 int main(int argc, char **argv)
 {
 	cJSON *config;
+	/* nothing our caller leaked to us reaches the sandbox; our own fds are O_CLOEXEC */
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC))
+		err(1, "close_range");
 	parse_options(argc, argv);
 	config = read_config(argv[optind++]);
 	net |= cJSON_IsTrue(json_get(config, "net", cJSON_IsBool, "true or false", conf_name));
 	rw |= cJSON_IsTrue(json_get(config, "rw", cJSON_IsBool, "true or false", conf_name));
 	add_mounts(config);
 	add_process(config, argc, argv);
-	exec_bwrap();
+	execvp("bwrap", (char **)args);
+	err(127, "bwrap");
 }

@@ -167,7 +167,7 @@ expected() {
 		;;
 	hardlink-missing) alt '^refused$' "refused*" ;; # not complete: not a success
 	root-symlink) alt '^refused$' "${refused}the root entry is not a directory" ;;
-	devices) alt '^ok$' "dev/ 755: after"$'\n'"device warnings: 1"$'\n'"$rm" ;;
+	devices) alt '^ok$' "dev/ 755: after"$'\n'"device warnings: 2"$'\n'"$rm" ;;
 	setuid)
 		alt '^ok$' "bin/suid 755 1: #!/bin/sh; bin/sgid 755 1: #!/bin/sh; shared/ 775: f"$'\n'"$rm"
 		;;
