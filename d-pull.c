@@ -739,7 +739,9 @@ int main(int argc, char **argv)
 	if ((parent_fd =
 	             open(dirname(xasprintf("%s", out_dir)), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s", out_dir);
-	if (mkdirat(parent_fd, out_name, 0755))
+	/* the caller's alone: a run as root in it can leave setuid files (dpkg, with d-run's
+	 * filter), which must not be another user's way to become the caller */
+	if (mkdirat(parent_fd, out_name, 0700))
 		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
 	parent = getpid();
 	atexit(cleanup);
