@@ -25,8 +25,8 @@ static struct {
  * its own set-up root, which holds the host's root as oldroot, and /dev/fd is /proc/self/fd. */
 static const char *magic_mounts[2];
 static const char usage[] =
-        "usage: d-run [-h] [-v VOLUME]... [-e KEY=VALUE]... [-u USER] [-n|--net] [-w|--rw] "
-        "DIR [CMD...]";
+        "usage: d-run [-h] [-v VOLUME]... [-e KEY[=VALUE]]... [-u USER] [-r|--fakeroot] "
+        "[-n|--net] [-w|--rw] DIR [CMD...]";
 
 /* openat2(2) with resolve flags such as RESOLVE_IN_ROOT; O_CLOEXEC is added. */
 static int open_at(int dirfd, const char *path, int flags, unsigned long long resolve)

@@ -3,7 +3,9 @@
 # tests/bench.sh [ROUNDS]: the "Speed and memory" goals of issues 3 and 4, measured here.
 # d-pull of a big image (tests/bench-image.py) from a loopback registry, cold and warm cache,
 # against plain `tar -xzf` of its layers and against skopeo copy + umoci unpack; d-pull's peak
-# memory; `d-run DIR true` against the bare bwrap call it makes. DIRs, caches and the registry's
+# memory; `d-run DIR true` against the bare bwrap call it makes, with and without the seccomp
+# filter that d-run gives a run as root (issue 11), so that the filter's start-up cost shows
+# (hyperfine times these; it is in the Makefile's DEBS). DIRs, caches and the registry's
 # storage live on a tmpfs. Contenders alternate within each round (the first round is a
 # discarded warm-up); times are medians. Informational: exits 0 when a goal is missed, 1 only
 # when the benchmark itself fails. BENCH_REGISTRY=tls (default) or http picks the registry.
@@ -218,26 +220,61 @@ rm -rf "$M/out" "$M/oci" "$M/cold-cache"
 push_fixture busybox "$REG" >/dev/null || die "pushing busybox failed"
 env HOME="$M/home" XDG_CACHE_HOME="$M/warm-cache" "$DPULL" -q "$REG/busybox" "$M/box" ||
 	die "d-pull busybox failed"
-# d-run's bwrap command line, from a bwrap first in PATH that prints its arguments
+# d-run's bwrap command line, from a bwrap first in PATH that prints its arguments: line 1
+# without --seccomp FD, line 2 with the filter's fd as 9. It saves the filter that d-run made (as
+# root, d-run gives one) from that fd into $T/filter.bpf.
 mkdir -p "$T/showargs"
-printf '#!/bin/bash\nprintf bwrap; printf " %%q" "$@"; echo\n' >"$T/showargs/bwrap"
+cat >"$T/showargs/bwrap" <<STANDIN
+#!/bin/bash
+plain=() filtered=()
+while [ \$# -gt 0 ] && [ "\$1" != -- ]; do
+	if [ "\$1" = --seccomp ]; then
+		cat <&"\$2" >"$T/filter.bpf" || exit 1
+		filtered+=(--seccomp 9)
+		shift 2
+		continue
+	fi
+	plain+=("\$1") filtered+=("\$1")
+	shift
+done
+printf bwrap; printf " %q" "\${plain[@]}" "\$@"; echo
+printf bwrap; printf " %q" "\${filtered[@]}" "\$@"; echo
+STANDIN
 chmod +x "$T/showargs/bwrap"
-BWRAP=$(PATH="$T/showargs:$PATH" "$DRUN" "$M/box" true) || die "d-run $M/box true failed"
+{ read -r BWRAP && read -r BWRAP_SECCOMP; } < <(PATH="$T/showargs:$PATH" "$DRUN" "$M/box" true) ||
+	die "d-run $M/box true failed"
 [[ $BWRAP == bwrap\ * ]] || die "no bwrap command line from d-run: $BWRAP"
+[ "$BWRAP" != "$BWRAP_SECCOMP" ] || die "d-run gave a run as root no seccomp filter: $BWRAP"
+size=$(stat -c %s "$T/filter.bpf" 2>/dev/null)
+if [ "${size:-0}" = 0 ] || [ $((size % 8)) != 0 ]; then
+	die "the seccomp filter from d-run is not a BPF program (${size:-no} bytes)"
+fi
+FILTER_INSNS=$((size / 8))
+# The filter is replayed from fd 9, which hyperfine gets open on $T/filter.bpf and passes to every
+# command it runs. bwrap reads it to its end, so the offset they share goes back to 0 before each
+# run, of every command alike (preparation is not timed).
+# shellcheck disable=SC2016 # perl's variables
+REWIND=(--prepare 'perl -e '\''open(my $f, "<&=", 9) or die; sysseek($f, 0, 0) or die'\''')
 # the floor for any wrapper: env(1) adds one exec of a small dynamic program to bwrap
-declare -A RUN_CMDS=([drun]="$DRUN $M/box true" [bwrap]=$BWRAP [env]="env $BWRAP")
-RUN_ORDER=(drun bwrap env)
-# three hyperfine runs, the order rotated each time; all samples pooled
-for r in 0 1 2; do
+declare -A RUN_CMDS=([drun]="$DRUN $M/box true" [seccomp]=$BWRAP_SECCOMP [bwrap]=$BWRAP
+	[env]="env $BWRAP")
+RUN_ORDER=(drun seccomp bwrap env)
+N=${#RUN_ORDER[@]}
+# N hyperfine runs, the order rotated each time; all samples pooled
+for ((r = 0; r < N; r++)); do
 	cmds=()
-	for ((i = 0; i < 3; i++)); do
-		cmds+=("${RUN_CMDS[${RUN_ORDER[(i + r) % 3]}]}")
+	for ((i = 0; i < N; i++)); do
+		cmds+=("${RUN_CMDS[${RUN_ORDER[(i + r) % N]}]}")
 	done
-	hyperfine -N --warmup 20 --runs 200 --style none --export-json "$T/hf$r.json" "${cmds[@]}" \
+	hyperfine -N --warmup 20 --runs 150 --style none --export-json "$T/hf$r.json" \
+		"${REWIND[@]}" "${cmds[@]}" 9<"$T/filter.bpf" \
 		>"$T/hyperfine.log" 2>&1 || die "hyperfine failed: $(cat "$T/hyperfine.log")"
 	for c in "${RUN_ORDER[@]}"; do
 		jq -r --arg c "${RUN_CMDS[$c]}" '.results[] | select(.command == $c) | .times[] * 1e6 | floor' \
 			"$T/hf$r.json" >>"$T/time.$c"
+		# CPU time, which other work on the machine disturbs less: hyperfine gives only means
+		jq -r --arg c "${RUN_CMDS[$c]}" '.results[] | select(.command == $c) | (.user + .system) * 1e6 | floor' \
+			"$T/hf$r.json" >>"$T/cpu.$c"
 	done
 done
 
@@ -246,6 +283,12 @@ done
 COLD=$(median "$T/time.cold") WARM=$(median "$T/time.warm") TAR=$(median "$T/time.tar")
 ZTAR=$(median "$T/time.ztar") SKOPEO=$(median "$T/time.skopeo")
 DRUN_T=$(median "$T/time.drun") BWRAP_T=$(median "$T/time.bwrap") ENV_T=$(median "$T/time.env")
+SECCOMP_T=$(median "$T/time.seccomp")
+mean() { awk '{ s += $1 } END { print s / NR }' "$1"; }
+declare -A CPU
+for c in "${RUN_ORDER[@]}"; do
+	CPU[$c]=$(mean "$T/cpu.$c")
+done
 row() { printf '%-46s %16s %9s  %s\n' "$@"; }
 spread() { printf '%s (%s-%s)' "$(secs "$(median "$1")")" "$(secs "$(minimum "$1")" | cut -d' ' -f1)" \
 	"$(secs "$(maximum "$1")" | cut -d' ' -f1)"; }
@@ -272,14 +315,24 @@ goal "peak memory cold, d-pull+extractor PSS MB" "$(mb "$PSS_COLD")" "<" 32
 goal "peak memory warm, d-pull+extractor PSS MB" "$(mb "$PSS_WARM")" "<" 32
 row "  (same, summed RSS, shared pages twice) MB" "$(mb "$RSSSUM_COLD") / $(mb "$RSSSUM_WARM")" "" "cold / warm"
 ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
-row "d-run DIR true (busybox), ms" "$(ms "$DRUN_T")" "" ""
-row "bare bwrap with the same argv, ms" "$(ms "$BWRAP_T")" "" ""
-row "env bwrap ... (one extra exec), ms" "$(ms "$ENV_T")" "" ""
-goal "d-run / bwrap" "$(ratio "$DRUN_T" "$BWRAP_T")" "<=" 1.10
+msdiff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.2f", (a - b) / 1000 }'; }
+row "d-run DIR true (busybox, root: filter), ms" "$(ms "$DRUN_T")" "" ""
+row "bare bwrap, same argv, --seccomp 9, ms" "$(ms "$SECCOMP_T")" "" ""
+row "bare bwrap, same argv without --seccomp, ms" "$(ms "$BWRAP_T")" "" ""
+row "env bwrap ... (one extra exec, no filter), ms" "$(ms "$ENV_T")" "" ""
+goal "d-run / (bwrap --seccomp 9)" "$(ratio "$DRUN_T" "$SECCOMP_T")" "<=" 1.10
+row "the filter: (bwrap --seccomp) / bwrap" "$(ratio "$SECCOMP_T" "$BWRAP_T")" "" "info"
+row "the filter ($FILTER_INSNS BPF instructions), ms" "$(msdiff "$SECCOMP_T" "$BWRAP_T")" "" "info"
+row "d-run / (bwrap without --seccomp)" "$(ratio "$DRUN_T" "$BWRAP_T")" "" "info"
 row "(env bwrap) / bwrap: the floor for a wrapper" "$(ratio "$ENV_T" "$BWRAP_T")" "" "info"
 row "d-run / (env bwrap)" "$(ratio "$DRUN_T" "$ENV_T")" "" "info"
+row "CPU (user+sys) ms: d-run, seccomp, bare, env" \
+	"$(ms "${CPU[drun]}") / $(ms "${CPU[seccomp]}") / $(ms "${CPU[bwrap]}") / $(ms "${CPU[env]}")" "" "mean"
+row "the filter's CPU time, ms" "$(msdiff "${CPU[seccomp]}" "${CPU[bwrap]}")" "" "info"
 echo "# time %M is the largest peak of any one process of the tree (wait4 reports the max, not"
 echo "# the sum); the PSS line samples the whole tree every 5 ms, so it may miss a short peak."
 echo "# zlib | tar: a Python zlib pipe into tar -x (about 15 ms of Python start per layer)."
-echo "# d-run: hyperfine -N, 3 x 200 runs each, order rotated per run."
+echo "# d-run: hyperfine -N, $N x 150 runs each, order rotated per run; the filter is d-run's own,"
+echo "# replayed as bwrap ... --seccomp 9 ... 9<filter.bpf. Wall times are medians; CPU times the mean"
+echo "# of hyperfine's means (it keeps no CPU time per run)."
 echo "# load average at the end $(cut -d' ' -f1-3 /proc/loadavg); took ${SECONDS} s."
