@@ -34,7 +34,6 @@ struct transfer {
 	curl_off_t bytes, size; /* size: of a layer, as the manifest says */
 	long status;
 	EVP_MD_CTX *md;
-	struct curl_slist *headers; /* not freed on a retry: rare */
 };
 static struct {
 	char *registry, *host, *repo, *tag, *digest;
@@ -116,14 +115,14 @@ static void parse_platform(const char *arg)
 }
 
 /* what a user can do about an HTTP error */
-static _Noreturn void die_http(long status, const char *what)
+static _Noreturn void die_http(long status, const char *url)
 {
 	const char *advice = "access denied: check the name, or log in (docker login)";
 	if (status == 404)
 		advice = "not found: check the name and the tag";
 	else if (status != 401 && status != 403)
 		advice = "unexpected answer";
-	errx(1, "%s: %s: HTTP %ld from %s: %s", image, what, status, ref.host, advice);
+	errx(1, "%s: HTTP %ld from %s: %s", image, status, url, advice);
 }
 
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
@@ -144,6 +143,8 @@ static CURL *start(struct transfer *t)
 	                             "application/vnd.docker.distribution.manifest.v2+json";
 	const char *ca = getenv("CURL_CA_BUNDLE");
 	CURL *h = curl_easy_init();
+	/* kept for the transfer's life, and not freed after: a few per pull */
+	struct curl_slist *headers = curl_slist_append(NULL, accept);
 	int fd = -1;
 	if (t->layer && (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
 		err(1, "%s", cache_path);
@@ -152,19 +153,20 @@ static CURL *start(struct transfer *t)
 	if (!t->out || !h || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
 		errx(1, "out of memory");
 	t->bytes = 0;
-	t->headers = curl_slist_append(NULL, accept);
 	if (auth)
-		t->headers = curl_slist_append(t->headers, auth);
+		headers = curl_slist_append(headers, auth);
 	curl_easy_setopt(h, CURLOPT_URL, t->url);
 	/* Blobs are often redirected to a CDN: curl sends Authorization only to the first host. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+	/* an error answer's body is not the blob's: it must not count, nor be hashed */
+	curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
 	curl_easy_setopt(h, CURLOPT_MAXREDIRS, 10L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 30L);
 	if (ca || (ca = getenv("SSL_CERT_FILE")))
 		curl_easy_setopt(h, CURLOPT_CAINFO, ca);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, t);
 	return h;
@@ -190,13 +192,13 @@ static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
 	int passing = rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_GOT_NOTHING ||
 	              rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
 	              rc == CURLE_PARTIAL_FILE || (rc == CURLE_COULDNT_CONNECT && t->tries) ||
-	              (rc == CURLE_OK && t->status >= 500);
+	              t->status >= 500;
 	t->tries++;
 	if (t->tries < MAX_TRIES && passing) {
 		sleep(1 << t->tries);
 		return 1;
 	}
-	if (rc != CURLE_OK)
+	if (rc != CURLE_OK && rc != CURLE_HTTP_RETURNED_ERROR)
 		errx(1, "%s: %s", t->url, curl_easy_strerror(rc));
 	if (t->status == 401 && challenge && t->tries < MAX_TRIES) {
 		authenticate(challenge);
@@ -228,7 +230,7 @@ static void get(struct transfer *t)
 		fclose(t->out);
 	}
 	if (t->status != 200)
-		die_http(t->status, strstr(t->url, "/v2/") ? strstr(t->url, "/v2/") + 4 : t->url);
+		die_http(t->status, t->url);
 	if (!EVP_DigestFinal_ex(t->md, hash, NULL))
 		errx(1, "sha256 failed");
 	for (int i = 0; i < 32; i++)

@@ -1,0 +1,456 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# Faults of the network, the registry and the machine, as root and unprivileged: what d-pull
+# does today when they happen (start(), must_retry() and get() in d-pull.c).
+#  1  500, 502 and 503 on a blob, then its bytes: retried, pulled, only verified blobs cached
+#  1b an error answer with a body longer than the layer (a 503 page, the registry's 401 when a
+#     token expires): the status counts, not the body: retried, pulled; a 404 says 404
+#  2  500 on a blob forever: 4 tries, then one line naming the status, no DIR, nothing cached
+#  3  a connection cut in the middle of a layer, once: retried (from byte 0), pulled
+#  4  a connection that stalls in a layer, once: given up after the low-speed limit (1 KB/s for
+#     30 s), retried, pulled
+#  5  a blob redirected to another server: pulled, and the Authorization header (a Bearer token
+#     of the token registry) went to the registry only
+#  6  a redirect loop, a redirect to file:/// or ftp://: one line, no DIR, nothing read
+#  7  an HTML error page with status 200 as a blob: digest mismatch, nothing cached
+#  8  nobody listening: curl's "Couldn't connect to server" after ONE connection attempt
+#  9  a full disk: DIR on a small tmpfs, then the cache on one: one line, no DIR, the cache sound
+# 10  8 pulls of one image into one cache at once, then 8 d-runs of one DIR at once
+# 11  valgrind over a d-pull and a d-run
+# tests/proxy.py sits in front of the registries and breaks their real bytes per rule; its log
+# says what reached it. Nothing here measures time: a command that could hang runs under
+# `timeout` ($D_TEST_HANG_GUARD seconds, default 120, at least 90 for the stall of 4) and its
+# test fails on exit 124. Retries pause 2, 4 and 8 s: cases 1 and 2 take 14 s each.
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
+. "$(dirname "$0")/lib.sh"
+
+# Both users, where this machine lets them make the user namespaces and the sandbox
+WHO=()
+for w in as_root as_user; do
+	if ! { can_userns "$w" && can_sandbox "$w"; }; then
+		diag "$w: skipped: ${PROBE_ERROR:-}"
+	else
+		WHO+=("$w")
+	fi
+done
+[ ${#WHO[@]} -gt 0 ] || skip_all "no user namespace or no sandbox here: ${PROBE_ERROR:-}"
+NW=${#WHO[@]}
+GUARD=${D_TEST_HANG_GUARD:-120}
+STALL_GUARD=$((GUARD > 90 ? GUARD : 90))
+MANY=8
+# set-up; per user: reference, 1, 1b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+plan $((4 + NW * (1 + 3 + 4 + 3 + 3 + 3 + 3 + 6 + 2 + 2 + 5 + 4 + 2)))
+
+# --- helpers (as in 25-security.t) -------------------------------------------------------
+
+# run WHO CMD...: CMD as WHO in WHO's home; output in $T/out and $T/err; CMD's status
+run() {
+	local who=$1
+	shift
+	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err" </dev/null
+}
+err() { cat "$T/err"; }
+uid_of() { if [ "$1" = as_root ]; then echo 0; else echo 65534; fi; }
+
+# expect_failure WHO DIR REGEX CMD...: CMD (as WHO in its home) must exit 1 with one line on
+# stderr matching REGEX and leave neither DIR nor a temporary cache file in WHO's home.
+# Prints what is wrong, nothing when all is right.
+expect_failure() {
+	local who=$1 dir=$2 re=$3 home st problems=()
+	shift 3
+	home=$(user_home "$who")
+	run "$who" "$@"
+	st=$?
+	[ "$st" -eq 1 ] || problems+=("exit status $st, want 1")
+	[ "$(wc -l <"$T/err")" -eq 1 ] || problems+=("$(wc -l <"$T/err") lines on stderr, want 1")
+	[[ $(err) =~ $re ]] || problems+=("stderr does not match $re")
+	[ ! -e "$home/$dir" ] || problems+=("$dir left behind")
+	[ -z "$(find "$home" -name 'sha256:*.??????' 2>/dev/null)" ] || problems+=("temporary cache files left")
+	if [ ${#problems[@]} -gt 0 ]; then
+		printf '%s\n' "${problems[@]}" "stderr: $(head -c 1500 "$T/err")"
+		[ -e "$home/$dir" ] && { chmod -R u+rwx "$home/$dir"; rm -rf "${home:?}/$dir"; }
+	fi
+	return 0
+}
+
+# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS; sets PORT_<NAME>, log $T/proxy-NAME/log
+start_proxy() {
+	local name=$1 d=$T/proxy-$1 i pid
+	shift
+	mkdir -p "$d"
+	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" \
+		--tls-cert "$T/ca/server.pem" --tls-key "$T/ca/server.key" "$@" </dev/null >"$d/out" 2>&1 &
+	pid=$!
+	SERVER_PIDS+=("$pid")
+	for ((i = 0; i < 100; i++)); do
+		[ -s "$d/port" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	[ -s "$d/port" ] || {
+		diag "proxy $name did not start:" "$(cat "$d/out")"
+		return 1
+	}
+	printf -v "PORT_${name^^}" '%s' "$(cat "$d/port")"
+}
+
+# header_names LOG: every request header name in a proxy log, lowercase, one a line
+header_names() { jq -r '.headers[][0] | ascii_downcase' "$1"; }
+
+# --- helpers of this file ---------------------------------------------------------------
+
+# front NAME RULE...: a proxy of the tls registry with these rules (JSON), of this test and
+# user alone (the rules' counters and the log start afresh); sets P (its 127.0.0.1:PORT, port
+# 1 where nothing listens if it did not start) and LOG
+front() {
+	local name=$1 rule args=()
+	shift
+	for rule; do
+		args+=(--rule "$rule")
+	done
+	start_proxy "$name" --upstream "https://$REG_TLS" "${args[@]}"
+	P=127.0.0.1:$(cat "$T/proxy-$name/port" 2>/dev/null || echo 1)
+	LOG=$T/proxy-$name/log
+}
+
+# blob_rule DIGEST OBJECT: a rule for the GETs of that blob; OBJECT (jq) says what it does
+blob_rule() { jq -nc --arg m "/blobs/$1\$" "{method: \"GET\", match: \$m} + ($2)"; }
+
+# gets LOG DIGEST: how many GETs of that blob reached the proxy
+gets() { jq -r 'select(.method == "GET") | .path' "$1" | grep -c "/blobs/$2\$"; }
+
+# tree_sum DIR: a digest of everything in DIR/rootfs (names, types, modes, sizes, link targets,
+# contents) and DIR/config.json
+tree_sum() {
+	[ -d "$1/rootfs" ] || {
+		echo "no $1/rootfs"
+		return
+	}
+	(
+		cd "$1/rootfs" || exit 1
+		find . -printf '%p %y %m %s %l\n' | LC_ALL=C sort
+		find . -type f -exec sha256sum {} + | LC_ALL=C sort
+		cat ../config.json
+	) 2>&1 | sha256sum
+}
+
+# cache_names DIR: the names in a cache directory, one line
+cache_names() { find "$1" -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null | tr ' ' '\n' | LC_ALL=C sort | tr '\n' ' '; }
+
+# cache_check DIR: what is wrong in a cache directory: a name that is not a digest, an entry
+# that is not a regular file, a content that does not hash to its name. Nothing when all is right.
+cache_check() {
+	local f n
+	for f in "$1"/* "$1"/.[!.]*; do
+		[ -e "$f" ] || [ -L "$f" ] || continue
+		n=${f##*/}
+		if [[ ! $n =~ ^sha256:[0-9a-f]{64}$ ]]; then
+			echo "$n: not a digest"
+		elif [ -L "$f" ] || [ ! -f "$f" ]; then
+			echo "$n: not a regular file"
+		elif [ "sha256:$(sha256sum <"$f" | cut -d' ' -f1)" != "$n" ]; then
+			echo "$n: its content hashes to something else"
+		fi
+	done
+}
+
+# forget DIR: remove a pulled DIR (rootfs trees may hold 0555 directories)
+forget() {
+	chmod -R u+rwx "$1" 2>/dev/null
+	rm -rf "$1"
+}
+
+# on_tmpfs WHO SIZE CMD...: as run, with a tmpfs of SIZE (WHO's, 0755) at $T/tmpfs, mounted in
+# a mount namespace of its own that goes when CMD has ended: no one else ever sees it. Prints
+# CMD's status, then what is left in the tmpfs, one line.
+on_tmpfs() {
+	local who=$1 size=$2
+	shift 2
+	mkdir -p "$T/tmpfs"
+	(
+		export -f as_root as_user user_home
+		export T
+		unshare -m --propagation private bash -c '
+			mount -t tmpfs -o "size=$1,mode=0755,uid=$2,gid=$2" d-utils-test "$T/tmpfs" || exit
+			(cd "$(user_home "$3")" && "$3" "${@:4}") >"$T/out" 2>"$T/err" </dev/null
+			echo "$? $(cd "$T/tmpfs" && find . -mindepth 1 | LC_ALL=C sort | tr "\n" " ")"' \
+			on_tmpfs "$size" "$(uid_of "$who")" "$who" "$@"
+	)
+}
+
+# connects FILE PORT: the connect() calls to 127.0.0.1:PORT in an strace log
+connects() { grep -c "connect(.*htons($2)" "$1"; }
+
+# --- registries, images, shared proxies ----------------------------------------------------
+ok "start the tls and token registries" eval 'start_registry tls && start_registry token'
+ok "push busybox and layers to the tls registry, private/busybox to both" eval '
+	push_fixture busybox "$REG_TLS" && push_fixture layers "$REG_TLS" &&
+	push_fixture busybox "$REG_TLS" private/busybox && push_fixture busybox "$REG_TOKEN" private/busybox &&
+	push_fixture layers "$REG_TOKEN" private/layers'
+LAYER=$(inspect_raw "$REG_TLS" busybox | jq -r '.layers[0].digest')
+LAYERS=$(inspect_raw "$REG_TLS" layers | jq -r '.layers[].digest' | LC_ALL=C sort -u | tr '\n' ' ')
+like "the images are in the registries" "$LAYER $LAYERS" '^sha256:[0-9a-f]{64}( sha256:[0-9a-f]{64}){5} $'
+
+# 5: the "CDN" serves the tls registry's private/busybox (the same blobs) to anyone; the front
+# proxy of the token registry redirects every blob there, as Docker Hub does to its CDN
+ok "start the CDN proxy and the front proxy of the token registry" eval '
+	start_proxy cdn --upstream "https://$REG_TLS" &&
+	start_proxy tokfront --upstream "https://$REG_TOKEN" --rule "$(jq -nc --arg to "https://127.0.0.1:$PORT_CDN{path}" \
+		"{method: \"GET\", match: \"/blobs/\", action: \"redirect\", location: \$to}")"'
+TOKFRONT=127.0.0.1:${PORT_TOKFRONT:-1}
+mkdir -p "$T/auth"
+printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$TOKFRONT" "$(printf alice:secret | base64 -w0)" >"$T/auth/config.json"
+chmod -R a+rX "$T/auth"
+
+# what this machine lets the tests use
+CAN_MOUNT=1
+_probe unshare -m --propagation private true || CAN_MOUNT="cannot make a mount namespace: $PROBE_ERROR"
+ASAN=
+grep -q __asan_init "$DPULL" && ASAN="an ASan build ($DPULL): valgrind cannot run it"
+VG_DRUN=1
+if ! command -v valgrind >/dev/null; then
+	VG_DRUN="valgrind is not installed"
+elif ! _probe valgrind -q perl -e 'my ($p, $h) = ("/", pack("QQQ", 0, 0, 0));
+	syscall(437, -100, $p, $h, 24) >= 0 or die "openat2: $!\n"'; then
+	VG_DRUN="$(valgrind --version) does not know openat2 (syscall 437), which d-run needs: ${PROBE_ERROR#--*-- }"
+fi
+
+# 8: a port bound but not listening refuses connections, and no one else can take it meanwhile
+"$PYTHON" -c 'import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+time.sleep(3600)' >"$T/closed-port" 2>/dev/null &
+SERVER_PIDS+=("$!")
+for ((i = 0; i < 100; i++)); do
+	[ -s "$T/closed-port" ] && break
+	sleep 0.1
+done
+CLOSED=$(cat "$T/closed-port")
+
+for W in "${WHO[@]}"; do
+	me=${W#as_}
+	H=$(user_home "$W")
+	STRACE=1
+	_probe "$W" strace -o /dev/null true || STRACE="strace cannot run here: $PROBE_ERROR"
+
+	# what a pull of busybox gives without faults
+	run "$W" env XDG_CACHE_HOME="$H/c-ref" timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" ref
+	is "$me: a reference pull of busybox straight from the registry: exit 0, nothing said" \
+		"$? $(head -c 500 "$T/err")" "0 "
+	REF=$(tree_sum "$H/ref")
+
+	# --- 1: 500, 502, 503, then the blob ------------------------------------------------------
+	front "retry_$me" "$(blob_rule "$LAYER" '{times: 1, action: "respond", status: 500}')" \
+		"$(blob_rule "$LAYER" '{times: 1, action: "respond", status: 502}')" \
+		"$(blob_rule "$LAYER" '{times: 1, action: "respond", status: 503}')"
+	run "$W" env XDG_CACHE_HOME="$H/c-retry" timeout "$GUARD" "$DPULL" -q "$P/busybox" retry
+	is "$me: 1: the layer answered 500, 502, 503, then served: pulled, the same tree (hang guard: timeout ${GUARD}s)" \
+		"$? $(tree_sum "$H/retry")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
+	is "$me:   ... the layer was asked for 4 times" "$(gets "$LOG" "$LAYER")" 4
+	is "$me:   ... the cache holds the layer alone, verified" \
+		"$(cache_names "$H/c-retry/d-utils")$(cache_check "$H/c-retry/d-utils")" "$LAYER "
+	forget "$H/retry"
+
+	# --- 1b: error pages longer than the layer ------------------------------------------------
+	# A small layer of the layers image (a few hundred bytes); d-pull once counted an error
+	# answer's body against the layer's size, and failed on a write error instead
+	SMALL=$(inspect_raw "$REG_TLS" layers | jq -r '[.layers[] | select(.size < 1000)][0].digest')
+	head -c 4000 /dev/zero | tr '\0' x >"$T/page"
+	front "bigpage_$me" "$(blob_rule "$SMALL" "{times: 1, action: \"respond\", status: 503, body_file: \"$T/page\"}")"
+	run "$W" env XDG_CACHE_HOME="$H/c-bigpage" timeout "$GUARD" "$DPULL" -q "$P/layers" bigpage
+	is "$me: 1b: a 503 with a 4000-byte page on a layer smaller than that: retried, pulled (hang guard: timeout ${GUARD}s)" \
+		"$? $(gets "$LOG" "$SMALL")" "0 2" || diag "stderr: $(head -c 500 "$T/err")"
+	forget "$H/bigpage"
+	front "bigmiss_$me" "$(blob_rule "$SMALL" "{action: \"respond\", status: 404, body_file: \"$T/page\"}")"
+	is "$me:   ... a 404 with that page: one line naming HTTP 404, exit 1, no DIR" \
+		"$(expect_failure "$W" bigmiss "HTTP 404" env XDG_CACHE_HOME="$H/c-bigmiss" \
+			timeout "$GUARD" "$DPULL" -q "$P/layers" bigmiss)" ""
+	is "$me:   ... asked for once, nothing of it cached" \
+		"$(gets "$LOG" "$SMALL") $(cache_names "$H/c-bigmiss/d-utils" | grep -c "$SMALL")" "1 0"
+	# the token expires: the registry's own challenge for that blob, with the long page
+	CH=$(curl -s -D - -o /dev/null "https://$REG_TOKEN/v2/private/layers/blobs/$SMALL" |
+		sed -n 's/^www-authenticate: //Ip' | tr -d '\r')
+	start_proxy "expired_$me" --upstream "https://$REG_TOKEN" --rule "$(jq -nc --arg m "/blobs/$SMALL\$" \
+		--arg ch "$CH" --rawfile b "$T/page" '{method: "GET", match: $m, times: 1, action: "respond",
+		status: 401, headers: {"WWW-Authenticate": $ch}, body: $b}')"
+	P=127.0.0.1:$(cat "$T/proxy-expired_$me/port" 2>/dev/null || echo 1)
+	mkdir -p "$T/auth-$me"
+	printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$P" "$(printf alice:secret | base64 -w0)" >"$T/auth-$me/config.json"
+	chmod -R a+rX "$T/auth-$me"
+	run "$W" env DOCKER_CONFIG="$T/auth-$me" XDG_CACHE_HOME="$H/c-expired" timeout "$GUARD" \
+		"$DPULL" -q "$P/private/layers" expired
+	is "$me:   ... a 401 with the registry's challenge and that page (an expired token): a new token, pulled" \
+		"$? $(gets "$T/proxy-expired_$me/log" "$SMALL")" "0 2" || diag "stderr: $(head -c 500 "$T/err")"
+	forget "$H/expired"
+
+	# --- 2: 500 forever ---------------------------------------------------------------------
+	front "e500_$me" "$(blob_rule "$LAYER" '{action: "respond", status: 500, body: "oops"}')"
+	is "$me: 2: the layer answers 500 forever: one line naming HTTP 500, exit 1, no DIR (hang guard: timeout ${GUARD}s)" \
+		"$(expect_failure "$W" e500 "HTTP 500" env XDG_CACHE_HOME="$H/c-e500" \
+			timeout "$GUARD" "$DPULL" -q "$P/busybox" e500)" ""
+	is "$me:   ... after 4 tries" "$(gets "$LOG" "$LAYER")" 4
+	is "$me:   ... and nothing in the cache" \
+		"$(cache_names "$H/c-e500/d-utils")$(cache_check "$H/c-e500/d-utils")" ""
+
+	# --- 3: a connection cut in a layer, once ------------------------------------------------
+	front "cut_$me" "$(blob_rule "$LAYER" '{times: 1, cut_after: 300000}')"
+	run "$W" env XDG_CACHE_HOME="$H/c-cut" timeout "$GUARD" "$DPULL" -q "$P/busybox" cut
+	is "$me: 3: the connection drops after 300000 bytes of the layer, once: pulled, the same tree (hang guard: timeout ${GUARD}s)" \
+		"$? $(tree_sum "$H/cut")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
+	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
+	is "$me:   ... the cache holds the layer alone, verified" \
+		"$(cache_names "$H/c-cut/d-utils")$(cache_check "$H/c-cut/d-utils")" "$LAYER "
+	forget "$H/cut"
+
+	# --- 4: a connection that stalls in a layer, once ----------------------------------------
+	# the stall outlasts the guard: without the low-speed limit the pull would hang into it
+	front "stall_$me" "$(blob_rule "$LAYER" "{times: 1, stall_after: 65536, stall: $((STALL_GUARD + 60))}")"
+	run "$W" env XDG_CACHE_HOME="$H/c-stall" timeout "$STALL_GUARD" "$DPULL" -q "$P/busybox" stall
+	is "$me: 4: the layer stalls after 65536 bytes, once: given up, retried, pulled, the same tree (hang guard: timeout ${STALL_GUARD}s)" \
+		"$? $(tree_sum "$H/stall")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
+	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
+	is "$me:   ... the cache holds the layer alone, verified" \
+		"$(cache_names "$H/c-stall/d-utils")$(cache_check "$H/c-stall/d-utils")" "$LAYER "
+	forget "$H/stall"
+
+	# --- 5: blobs redirected to another server ---------------------------------------------------
+	: >"$T/proxy-cdn/log"
+	: >"$T/proxy-tokfront/log"
+	run "$W" env DOCKER_CONFIG="$T/auth" XDG_CACHE_HOME="$H/c-cdn" timeout "$GUARD" \
+		"$DPULL" -q "$TOKFRONT/private/busybox" cdn
+	is "$me: 5: a private image whose blobs are redirected to another server: pulled, the same tree (hang guard: timeout ${GUARD}s)" \
+		"$? $(tree_sum "$H/cdn")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
+	is "$me:   ... the other server served the layer, and got no Authorization header" \
+		"$(gets "$T/proxy-cdn/log" "$LAYER") $(header_names "$T/proxy-cdn/log" | grep -c '^authorization$')" "1 0"
+	is "$me:   ... while the registry's GET of the layer carried the Bearer token" \
+		"$(jq -r --arg m "/blobs/$LAYER\$" 'select(.method == "GET" and (.path | test($m))) |
+			.headers[] | select(.[0] | ascii_downcase == "authorization") | .[1] | split(" ")[0]' \
+			"$T/proxy-tokfront/log")" Bearer
+	forget "$H/cdn"
+
+	# --- 6: redirects that go nowhere ----------------------------------------------------------
+	front "loop_$me" "$(blob_rule "$LAYER" '{action: "redirect", location: "https://{self}{path}"}')"
+	is "$me: 6: the layer redirected to itself: one line about redirects, exit 1, no DIR (hang guard: timeout ${GUARD}s)" \
+		"$(expect_failure "$W" loop "[Rr]edirect" env XDG_CACHE_HOME="$H/c-loop" \
+			timeout "$GUARD" "$DPULL" -q "$P/busybox" loop)" ""
+	n=$(gets "$LOG" "$LAYER")
+	is "$me:   ... a bounded number of requests (curl's 10 redirects), not retried" \
+		"$([ "$n" -ge 2 ] && [ "$n" -le 11 ] && echo bounded || echo "$n requests")" bounded
+	if [ "$STRACE" = 1 ]; then
+		front "file_$me" "$(blob_rule "$LAYER" '{action: "redirect", location: "file:///etc/passwd"}')"
+		is "$me:   ... the layer redirected to file:///etc/passwd: one line, exit 1, no DIR" \
+			"$(expect_failure "$W" file "[Pp]rotocol" env XDG_CACHE_HOME="$H/c-file" \
+				strace -f -e trace=open,openat -o "$H/strace-file" "$DPULL" -q "$P/busybox" file)" ""
+		is "$me:   ... and /etc/passwd was not opened" "$(grep -c '"/etc/passwd"' "$H/strace-file")" 0
+		front "ftp_$me" "$(blob_rule "$LAYER" '{action: "redirect", location: "ftp://127.0.0.1/x"}')"
+		is "$me:   ... the layer redirected to ftp://127.0.0.1/x: one line, exit 1, no DIR" \
+			"$(expect_failure "$W" ftp "[Pp]rotocol" env XDG_CACHE_HOME="$H/c-ftp" \
+				strace -f -e trace=connect -o "$H/strace-ftp" "$DPULL" -q "$P/busybox" ftp)" ""
+		is "$me:   ... and no connection to port 21 was tried" "$(connects "$H/strace-ftp" 21)" 0
+	else
+		skip_n 4 "$me: 6: redirects to file:/// and ftp://" "$STRACE"
+	fi
+
+	# --- 7: an HTML error page with status 200 ----------------------------------------------------
+	printf '<html><head><title>503</title></head><body><h1>Service Unavailable</h1></body></html>\n' >"$T/error.html"
+	front "html_$me" "$(blob_rule "$LAYER" "$(jq -nc --arg f "$T/error.html" \
+		'{action: "respond", status: 200, headers: {"Content-Type": "text/html"}, body_file: $f}')")"
+	is "$me: 7: an HTML page with status 200 for the layer: one line saying digest mismatch, exit 1, no DIR" \
+		"$(expect_failure "$W" html "$LAYER: digest mismatch" env XDG_CACHE_HOME="$H/c-html" \
+			timeout "$GUARD" "$DPULL" -q "$P/busybox" html)" ""
+	is "$me:   ... and nothing in the cache" \
+		"$(cache_names "$H/c-html/d-utils")$(cache_check "$H/c-html/d-utils")" ""
+
+	# --- 8: nobody listening ---------------------------------------------------------------------
+	if [ "$STRACE" = 1 ]; then
+		is "$me: 8: nobody listening on the registry's port: one line, Couldn't connect to server, exit 1, no DIR (hang guard: timeout ${GUARD}s)" \
+			"$(expect_failure "$W" closed "Couldn't connect to server" env XDG_CACHE_HOME="$H/c-closed" \
+				timeout "$GUARD" strace -f -e trace=connect -o "$H/strace-closed" \
+				"$DPULL" -q "127.0.0.1:${CLOSED:-1}/busybox" closed)" ""
+		is "$me:   ... after one connection attempt" "$(connects "$H/strace-closed" "${CLOSED:-1}")" 1
+	else
+		skip_n 2 "$me: 8: nobody listening" "$STRACE"
+	fi
+
+	# --- 9: a full disk -----------------------------------------------------------------------------
+	# busybox's layer is 1.1 MB, 2.1 MB unpacked: a 1 MiB tmpfs fills up in either
+	if [ "$CAN_MOUNT" = 1 ]; then
+		out=$(on_tmpfs "$W" 1m env XDG_CACHE_HOME="$H/c-fulldir" timeout "$GUARD" \
+			"$DPULL" -q "$REG_TLS/busybox" "$T/tmpfs/box")
+		like "$me: 9: DIR on a 1 MiB tmpfs: exit 1, one line naming the file it could not write (hang guard: timeout ${GUARD}s)" \
+			"exit ${out%% *}, $(wc -l <"$T/err") lines: $(err)" "^exit 1, 1 lines: d-pull: $LAYER: bin/busybox: " ||
+			diag "stderr: $(head -c 500 "$T/err")"
+		is "$me:   ... the partial DIR removed: nothing left in the tmpfs" "${out#* }" ""
+		is "$me:   ... the cache holds the layer alone, verified" \
+			"$(cache_names "$H/c-fulldir/d-utils")$(cache_check "$H/c-fulldir/d-utils")" "$LAYER "
+		out=$(on_tmpfs "$W" 1m env XDG_CACHE_HOME="$T/tmpfs/cache" timeout "$GUARD" \
+			"$DPULL" -q "$REG_TLS/busybox" fullcache)
+		like "$me:   ... the cache on a 1 MiB tmpfs: exit 1, one line about writing, no DIR (hang guard: timeout ${GUARD}s)" \
+			"exit ${out%% *}, $(wc -l <"$T/err") lines, DIR $([ -e "$H/fullcache" ] && echo left || echo gone): $(err)" \
+			"^exit 1, 1 lines, DIR gone: d-pull: .*([Ww]rit|[Ss]pace)" || diag "stderr: $(head -c 500 "$T/err")"
+		is "$me:   ... and nothing half-written in the cache" "${out#* }" "./cache ./cache/d-utils "
+		forget "$H/fullcache"
+	else
+		skip_n 5 "$me: 9: a full disk" "$CAN_MOUNT"
+	fi
+
+	# --- 10: many at once ------------------------------------------------------------------------
+	pids=()
+	want=
+	for ((i = 1; i <= MANY; i++)); do
+		(cd "$H" && "$W" env XDG_CACHE_HOME="$H/c-many" timeout "$GUARD" "$DPULL" -q "$REG_TLS/layers" "many$i") \
+			>"$T/many$i.err" 2>&1 </dev/null &
+		pids+=("$!")
+		want+="0 "
+	done
+	st=
+	for pid in "${pids[@]}"; do
+		wait "$pid"
+		st+="$? "
+	done
+	sums=$(for ((i = 1; i <= MANY; i++)); do tree_sum "$H/many$i"; done | sort -u | wc -l)
+	is "$me: 10: $MANY pulls of layers into $MANY DIRs, one cache, at once: all exit 0 (hang guard: timeout ${GUARD}s each)" \
+		"$st" "$want" || diag "$(cat "$T"/many*.err | head -c 500)"
+	is "$me:   ... $MANY identical trees, the layers' tree" "$sums $(layers_tree "$H/many1/rootfs")" "1 $LAYERS_TREE"
+	is "$me:   ... the cache holds each layer once, verified, and nothing else" \
+		"$(cache_names "$H/c-many/d-utils")$(cache_check "$H/c-many/d-utils")" "$LAYERS"
+	pids=()
+	for ((i = 1; i <= MANY; i++)); do
+		(cd "$H" && "$W" timeout "$GUARD" "$DRUN" many1 sh -c 'echo "run $1" >/tmp/me && cat /tmp/me' sh "$i") \
+			>"$T/run$i.out" 2>&1 </dev/null &
+		pids+=("$!")
+	done
+	st=
+	for ((i = 1; i <= MANY; i++)); do
+		wait "${pids[i - 1]}"
+		st+="$? $(cat "$T/run$i.out"), "
+	done
+	is "$me:   ... then $MANY d-runs of one DIR at once: all exit 0, each with its own output and /tmp (hang guard: timeout ${GUARD}s each)" \
+		"$st" "$(for ((i = 1; i <= MANY; i++)); do printf '0 run %d, ' "$i"; done)"
+	for ((i = 1; i <= MANY; i++)); do
+		forget "$H/many$i"
+	done
+
+	# --- 11: valgrind -------------------------------------------------------------------------------
+	if ! command -v valgrind >/dev/null; then
+		skip_n 2 "$me: 11: valgrind" "valgrind is not installed"
+	elif [ -n "$ASAN" ]; then
+		skip_n 2 "$me: 11: valgrind" "$ASAN"
+	else
+		run "$W" env XDG_CACHE_HOME="$H/c-vg" timeout "$GUARD" \
+			valgrind -q --error-exitcode=1 --leak-check=no "$DPULL" -q "$REG_TLS/busybox" vg
+		is "$me: 11: valgrind over a d-pull (and its unpacking child): no error, exit 0, the same tree (hang guard: timeout ${GUARD}s)" \
+			"$? $(tree_sum "$H/vg")" "0 $REF" || diag "stderr: $(head -c 1500 "$T/err")"
+		if [ "$VG_DRUN" = 1 ]; then
+			run "$W" timeout "$GUARD" valgrind -q --error-exitcode=1 --leak-check=no --trace-children=no \
+				"$DRUN" vg sh -c 'echo ran'
+			is "$me:   ... and over a d-run (not over bwrap): no error, exit 0, the command ran" \
+				"$? $(cat "$T/out")" "0 ran" || diag "stderr: $(head -c 1500 "$T/err")"
+		else
+			skip "$me:   ... and over a d-run" "$VG_DRUN"
+		fi
+		forget "$H/vg"
+	fi
+	forget "$H/ref"
+done
