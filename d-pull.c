@@ -640,14 +640,11 @@ static void prune_cache(void)
 	time_t limit = time(NULL) - 30 * 24 * 3600;
 	struct dirent *de;
 	struct stat st;
-	while (d && (de = readdir(d))) {
-		if (fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
-		    !S_ISREG(st.st_mode) || st.st_mtime >= limit)
-			continue;
-		/* not fatal: the pull itself has succeeded */
-		if (unlinkat(cache_fd, de->d_name, 0))
+	/* not fatal when it fails: the pull itself has succeeded */
+	while (d && (de = readdir(d)))
+		if (!fstatat(cache_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) &&
+		    S_ISREG(st.st_mode) && st.st_mtime < limit && unlinkat(cache_fd, de->d_name, 0))
 			warn("prune %s/%s", cache_path, de->d_name);
-	}
 }
 
 /* At an exit before the end: stop the extractor, remove the partial DIR. */

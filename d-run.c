@@ -52,13 +52,12 @@ static __attribute__((sentinel)) void add(const char *arg, ...)
 static void add_env(const char *entry, int caller)
 {
 	char *key = xasprintf("%s", entry), *value = strchr(key, '=');
-	if (!value && caller)
-		value = getenv(key);
-	if (!value)
-		return;
-	if (*value == '=')
+	if (value)
 		*value++ = '\0';
-	add("--setenv", key, value, NULL);
+	else if (caller)
+		value = getenv(key);
+	if (value)
+		add("--setenv", key, value, NULL);
 }
 
 /* the path of an open file: a magic link's target has no symlink left to follow */
@@ -97,7 +96,9 @@ static const char *mount_point(int root, const char *path, int file)
 			             0644));
 		else
 			mkdirat(fd, name, 0755);
-		if ((fd = open_at(root, p, O_PATH, IN_ROOT)) < 0)
+		/* in DIR/volumes, a link a run left (x -> /) must not make DIR a volume */
+		if ((fd = open_at(root, p, O_PATH,
+		                  root == dir_fd ? RESOLVE_NO_SYMLINKS : IN_ROOT)) < 0)
 			err(1, "%s: %s", path, p);
 		inside = fd_path(fd) + strlen(top);
 		inside = *inside ? inside : "/";
@@ -165,7 +166,8 @@ static const char *add_user(const char *spec)
 	     line = strtok_r(NULL, "\n", &save)) {
 		for (int i = 0; i < 7; i++)
 			f[i] = strsep(&line, ":");
-		if (f[6] && (!strcmp(f[0], user) || !strcmp(f[2], user))) {
+		/* a number is a uid, as in docker: never a name, which an image may make "1000" */
+		if (f[6] && !strcmp(user[strspn(user, "0123456789")] ? f[0] : f[2], user)) {
 			uid = f[2];
 			gid = gid ? gid : f[3];
 			home = f[5];
@@ -325,6 +327,11 @@ static void add_process(const cJSON *config, int argc, char **argv)
 int main(int argc, char **argv)
 {
 	cJSON *config;
+	/* 0, 1 and 2 open: else bwrap's fd of the host's /proc could be one, which its pid 1,
+	 * in the sandbox, keeps (runc CVE-2024-21626) */
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) != fd)
+			err(1, "/dev/null");
 	/* nothing our caller leaked to us reaches the sandbox; our own fds are O_CLOEXEC */
 	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC))
 		err(1, "close_range");

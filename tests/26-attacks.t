@@ -19,6 +19,12 @@
 #      caller can write, outside DIR, and d-pull reports success.
 #  F4  d-pull: the same by a parent of DIR: the attacker makes DIR/rootfs fail to be created
 #      and d-pull's clean-up removes, recursively, a directory outside DIR.
+#  F5  d-run started with stdin, stdout or stderr closed: bwrap's fd of the host's /proc takes
+#      that number, and bwrap's pid 1 in the sandbox keeps it: /proc/1/fd/N/.. is the host's /.
+#  F6  persistent volumes nested across runs: -v /a lets a run leave DIR/volumes/a/x -> /, and
+#      a later -v /a/x bound DIR itself (config.json and all) read-write.
+#  F9  d-run -u 1000 took the first passwd line whose name OR uid was "1000": an image line
+#      named "1000" with uid 0 made it root.
 # Images are built here with tests/hostile2.py's helpers; tests/proxy.py delays the registry.
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
@@ -34,7 +40,7 @@ done
 [ ${#WHO[@]} -gt 0 ] || skip_all "no user namespace or no sandbox here: ${PROBE_ERROR:-}"
 NW=${#WHO[@]}
 GUARD=${D_TEST_HANG_GUARD:-120}
-plan $((4 + NW * (3 + 3 + 2)))
+plan $((4 + NW * (3 + 3 + 2 + 1 + 2 + 1)))
 
 # --- helpers -----------------------------------------------------------------------
 
@@ -207,4 +213,54 @@ for W in "${WHO[@]}"; do
 	diag "F4 $me: d-pull exit $rc: $(head -c 300 "$T/err"); attacker: $(cat "$T/attacker.log")"
 	is "F4 $me: a parent of DIR swapped for a link by another user: d-pull's clean-up removes nothing outside DIR" \
 		"$(cat "$T/victim2-$me/box/keep" 2>&1)" precious
+done
+
+# --- F5: d-run started with stdin, stdout or stderr closed. bwrap opens the host's /proc
+#     (O_PATH) as its first free fd and its pid 1, inside the sandbox, keeps fds 0-2: the
+#     command reaches the host's root as /proc/1/fd/N/.. -----------------------------------------
+for W in "${WHO[@]}"; do
+	H=$(user_home "$W")
+	me=${W#as_}
+	rm -rf "${HOSTW:?}"/*
+	"$W" "$DPULL" -q "$REG_TLS/busybox" "$H/f5" 2>"$T/err" || diag "$me: pull f5: $(cat "$T/err")"
+	# shellcheck disable=SC2034 # used by the eval below
+	F5='for n in 0 1 2; do (cd "/proc/1/fd/$n" 2>/dev/null && touch "../$1/PWNED-F5-$n"); done'
+	for how in '<&-' '>&-' '2>&-'; do
+		eval '"$W" timeout "$GUARD" "$DRUN" "$H/f5" sh -c "$F5" sh "${HOSTW#/}"' "$how"
+	done
+	is "F5 $me: d-run with stdin, stdout or stderr closed: nothing in the sandbox reaches the host through bwrap's pid 1" \
+		"$(ls -A "$HOSTW")" ""
+	rm -rf "${HOSTW:?}"/*
+done
+
+# --- F6: persistent volumes nested across runs: -v /a in one run (which leaves
+#     DIR/volumes/a/x -> /), -v /a/x in the next, which then binds DIR itself, config.json and
+#     all, read-write; the image writes a host bind into config.json for the run after --------------
+for W in "${WHO[@]}"; do
+	H=$(user_home "$W")
+	me=${W#as_}
+	rm -rf "${HOSTW:?}"/*
+	"$W" "$DPULL" -q "$REG_TLS/busybox" "$H/f6" 2>"$T/err" || diag "$me: pull f6: $(cat "$T/err")"
+	cp "$H/f6/config.json" "$T/f6-config.json"
+	"$W" timeout "$GUARD" "$DRUN" -v /a "$H/f6" sh -c 'ln -s / /a/x' >/dev/null 2>&1
+	"$W" timeout "$GUARD" "$DRUN" -v /a/x "$H/f6" sh -c \
+		'[ -f /a/x/config.json ] && printf "{\"Volumes\": {\"%s:/host\": {}}, \"Cmd\": [\"sh\"]}" "$1" >/a/x/config.json' \
+		sh "$HOSTW" >"$T/out" 2>"$T/err"
+	rc=$?
+	"$W" timeout "$GUARD" "$DRUN" "$H/f6" sh -c 'touch /host/PWNED-F6' >/dev/null 2>&1
+	is "F6 $me: -v /a, then -v /a/x where the first run left /a/x -> /: config.json unchanged, nothing on the host" \
+		"$(cmp "$T/f6-config.json" "$H/f6/config.json" >/dev/null 2>&1 && echo same) $(ls -A "$HOSTW")" "same "
+	like "F6 $me:   ... the second run is refused with one line" "$rc $(wc -l <"$T/err") $(head -c 300 "$T/err")" '^1 1 d-run: '
+	rm -rf "${HOSTW:?}"/*
+done
+
+# --- F9: an image's passwd line named "1000" with uid 0: -u 1000 is the uid, as in docker ------
+for W in "${WHO[@]}"; do
+	H=$(user_home "$W")
+	me=${W#as_}
+	"$W" "$DPULL" -q "$REG_TLS/busybox" "$H/f9" 2>"$T/err" || diag "$me: pull f9: $(cat "$T/err")"
+	"$W" sh -c 'cp "$1/rootfs/etc/passwd" "$1/passwd.new" && { echo "1000:x:0:0:fake:/:/bin/sh"; cat "$1/passwd.new"; } >"$1/rootfs/etc/passwd"' sh "$H/f9"
+	is "F9 $me: passwd names a user \"1000\" with uid 0 before the real 1000: -u 1000 runs as uid 1000, without the filter" \
+		"$("$W" timeout "$GUARD" "$DRUN" -u 1000 "$H/f9" sh -c 'id -u; grep ^Seccomp: /proc/self/status' 2>&1 | tr '\n' ' ')" \
+		"1000 Seccomp:	0 "
 done

@@ -7,7 +7,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-SUITE_TESTS=114
+SUITE_TESTS=115
 plan $((2 * SUITE_TESTS + 18))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -119,6 +119,8 @@ suite() {
 	is "$me: -e KEY=VALUE overrides the image's Env" "$(drun -e FOO=baz "$H/box" sh -c 'echo $FOO')" baz
 	is "$me: -e KEY=VALUE adds a variable" "$(drun -e NEW='a b' "$H/box" sh -c 'echo "$NEW"')" "a b"
 	is "$me: -e KEY passes the caller's value" "$(BAR_HOST=from-host drun -e BAR_HOST "$H/box" sh -c 'echo $BAR_HOST')" from-host
+	is "$me: -e KEY passes the caller's value as it is, a leading = too" \
+		"$(BAR_HOST='=a=b' drun -e BAR_HOST "$H/box" sh -c 'echo "$BAR_HOST"')" '=a=b'
 	out=$(unset NOPE_HOST; drun -e NOPE_HOST "$H/box" env)
 	like "$me: -e KEY without a caller's value: the command ran" "$out" 'PATH='
 	ok "$me: -e KEY without a caller's value sets nothing" test -n "${out##*NOPE_HOST*}"
