@@ -11,7 +11,7 @@ DEBS = gcc make pkg-config libcurl4-openssl-dev libarchive-dev libcjson-dev libs
 	libseccomp-dev dpkg-dev \
 	bubblewrap ca-certificates \
 	docker-registry skopeo umoci buildah debootstrap busybox-static python3 python3-jwt python3-cryptography \
-	openssl zstd perl util-linux curl jq shellcheck clang-format cloc mandoc hyperfine
+	openssl zstd perl util-linux curl jq shellcheck clang-format cloc mandoc
 
 all: d-pull d-run
 
@@ -53,6 +53,15 @@ check: deps format-check budget
 
 demo: deps all
 	tests/demo.sh
+
+# Speed and memory against tar, skopeo+umoci and charliecloud; prints a Markdown table. Its
+# packages stay out of make check: charliecloud's builders depend on docker.io.
+BENCH_ROUNDS ?= 3
+BENCH_DEBS = hyperfine charliecloud
+bench: deps all
+	$(MAKE) deps DEBS="$(BENCH_DEBS)"
+	bash tests/bench.sh $(BENCH_ROUNDS)
+.PHONY: bench
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PREFIX)/share/man/man1

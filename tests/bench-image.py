@@ -1,15 +1,26 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-"""Build the benchmark image: bench-image.py OUTDIR
+"""Build a benchmark image: bench-image.py [--layers N --size MB] OUTDIR
 
 OUTDIR becomes an OCI image layout (tag "latest") of a big linux/amd64 image made from
-trees of this machine's /usr: 9 tar+gzip layers (gzip level 6, as docker and Go's
-DefaultCompression write them), about 500 MB and 60 000 entries, the last layer a small
-"cleanup" layer with whiteouts and an opaque directory, as real images have. The
-layers hold real files (headers, man pages, docs, Python, icons), so they compress like
-real images do. OUTDIR/stats.json says what was built. Built in OUTDIR.tmp, renamed at
-the end, so a failed build leaves nothing behind.
+trees of this machine's /usr, in tar+gzip layers (gzip level 6, as docker and Go's
+DefaultCompression write them). The layers hold real files (headers, man pages, docs,
+Python, icons), so they compress like real images do. OUTDIR/stats.json says what was
+built. Built in OUTDIR.tmp, renamed at the end, so a failed build leaves nothing behind.
+
+Without options: the "big" image, one layer per group of trees in LAYERS (about 500 MB and
+60 000 entries here) and a last small "cleanup" layer with whiteouts and an opaque directory,
+as real images have.
+
+With --layers N --size MB: an image of the scaling series, N layers of about equal size. Files
+and symlinks of the same trees are drawn in an order fixed by a hash of their names until they
+make MB MiB of tar (when this machine's trees hold less, they are drawn again under copy1/,
+copy2/...), put back in tree order and cut into N runs of consecutive entries; each layer also
+holds the parent directories of its entries, so the tar is somewhat larger than MB (stats.json
+has the real size). So 100 MB and 1 GB hold the same mix of trees, and the same MB in 1, 8 or
+32 layers is the same files.
 """
+import argparse
 import gzip
 import hashlib
 import io
@@ -17,6 +28,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import stat
 import sys
 import tarfile
 
@@ -78,13 +90,16 @@ def write_layer(blobs, n, fill):
     return desc, "sha256:" + plain.hash.hexdigest(), plain.size, entries
 
 
-def add_parents(tar, path, seen):
+def add_parents(tar, path, seen, prefix=""):
+    """Adds the directories above `path` that the tar does not hold yet, as they are on this
+    machine under `prefix` (copyK/usr is /usr, copyK itself /)."""
     parts = path.split("/")
     for i in range(1, len(parts)):
         d = "/".join(parts[:i])
         if d not in seen:
             seen.add(d)
-            tar.add("/" + d, arcname=d, recursive=False, filter=owned_by_root)
+            source = "/" + d[len(prefix):] if d.startswith(prefix) and d != prefix[:-1] else "/"
+            tar.add(source, arcname=d, recursive=False, filter=owned_by_root)
 
 
 def tree_layer(args):
@@ -126,6 +141,73 @@ def cleanup_layer(blobs, n):
     return write_layer(blobs, n, fill)
 
 
+def tree_entries():
+    """(path, tar bytes) of every file and symlink of the LAYERS trees, names sorted. The
+    bytes are a header and the data in 512-byte blocks, as tar writes them (PAX records for
+    long names aside). Directories come with what they hold (add_parents)."""
+    found = []
+    for t in (t for trees in LAYERS for t in trees):
+        if not os.path.isdir("/" + t):
+            continue
+        for top, dirs, files in os.walk("/" + t):
+            dirs.sort()
+            # os.walk lists a symlink to a directory with the directories, and skips it
+            for f in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                path = os.path.join(top, f)
+                st = os.lstat(path)
+                data = st.st_size if stat.S_ISREG(st.st_mode) else 0
+                found.append((path, 512 + (data + 511) // 512 * 512))
+    return found
+
+
+def take(entries, size):
+    """A sample of the entries that holds `size` bytes, in the order of `entries`, as (path,
+    prefix, bytes). Entries are drawn in an order fixed by a hash of their names, so that any
+    size has the same mix of trees; the trees again under the prefix copyK/ while too few."""
+    drawn = sorted(range(len(entries)), key=lambda i: hashlib.sha1(entries[i][0].encode()).digest())
+    taken, total, k = [], 0, 0
+    while total < size:
+        for i in drawn:
+            if total >= size:
+                break
+            taken.append((k, i))
+            total += entries[i][1]
+        k += 1
+    return [(entries[i][0], f"copy{k}/" if k else "", entries[i][1]) for k, i in sorted(taken)]
+
+
+def scale_layer(args):
+    blobs, n, run = args
+
+    def fill(tar):
+        seen = set()
+        for path, prefix, _ in run:
+            arc = prefix + path[1:]
+            add_parents(tar, arc, seen, prefix)
+            tar.add(path, arcname=arc, recursive=False, filter=owned_by_root)
+        return len(run)
+
+    return write_layer(blobs, n, fill)
+
+
+def scale_layers(blobs, count, size, pool):
+    entries = tree_entries()
+    if not entries:
+        sys.exit("bench-image.py: none of the trees of LAYERS is on this machine")
+    taken = take(entries, size)
+    total = sum(n for _, _, n in taken)
+    runs, start, acc = [], 0, 0
+    for i, (_, _, n) in enumerate(taken):
+        acc += n
+        if acc * count >= total * (len(runs) + 1) and len(runs) < count - 1:
+            runs.append(taken[start : i + 1])
+            start = i + 1
+    runs.append(taken[start:])
+    if len(runs) != count or not all(runs):
+        sys.exit(f"bench-image.py: cannot cut {len(taken)} entries into {count} layers")
+    return pool.map(scale_layer, [(blobs, i, r) for i, r in enumerate(runs)], chunksize=1)
+
+
 def write_blob(blobs, obj, media_type):
     data = json.dumps(obj, indent=2).encode() + b"\n"
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -135,23 +217,33 @@ def write_blob(blobs, obj, media_type):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: bench-image.py OUTDIR")
-    out = sys.argv[1]
+    ap = argparse.ArgumentParser(usage="bench-image.py [--layers N --size MB] OUTDIR")
+    ap.add_argument("--layers", type=int)
+    ap.add_argument("--size", type=int, help="MiB of tar in all layers")
+    ap.add_argument("outdir")
+    args = ap.parse_args()
+    if (args.layers is None) != (args.size is None) or min(args.layers or 1, args.size or 1) < 1:
+        ap.error("--layers N and --size MB go together, both at least 1")
+    out = args.outdir
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     blobs = os.path.join(tmp, "blobs", "sha256")
     os.makedirs(blobs)
     with multiprocessing.Pool(os.cpu_count()) as pool:
-        layers = pool.map(tree_layer, [(blobs, i, t) for i, t in enumerate(LAYERS)], chunksize=1)
-    layers.append(cleanup_layer(blobs, len(layers)))
+        if args.layers:
+            layers = scale_layers(blobs, args.layers, args.size << 20, pool)
+        else:
+            jobs = [(blobs, i, t) for i, t in enumerate(LAYERS)]
+            layers = pool.map(tree_layer, jobs, chunksize=1)
+            layers.append(cleanup_layer(blobs, len(layers)))
     stats = {
         "layers": len(layers),
         "bytes": sum(l[2] for l in layers),
         "compressed": sum(l[0]["size"] for l in layers),
         "entries": sum(l[3] for l in layers),
     }
-    if stats["bytes"] < MIN_BYTES or stats["entries"] < MIN_FILES or stats["layers"] < MIN_LAYERS:
+    if not args.layers and (stats["bytes"] < MIN_BYTES or stats["entries"] < MIN_FILES
+                            or stats["layers"] < MIN_LAYERS):
         sys.exit(f"bench-image.py: too small an image on this machine: {stats}")
     config = {
         "architecture": "amd64",
