@@ -19,64 +19,15 @@ u=$(user_home "$U")
 usable() { [ "$1" = as_root ] || [ -z "$NO_USERNS" ]; } # WHO: WHO's pulls can unpack here
 ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
 
-# run WHO CMD...: CMD as WHO in WHO's home; output in $T/out and $T/err; CMD's status
-run() {
-	local who=$1
-	shift
-	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err"
-}
+# run, err, expect_failure, temp_files, cache_list, blob_path, auth_json: lib.sh's
 
 # dp WHO ARGS...: d-pull ARGS as WHO in WHO's home
 dp() { run "$1" "$DPULL" "${@:2}"; }
-
-err() { cat "$T/err"; }
-
-# temp_files DIR: d-pull's temporary cache files under DIR
-temp_files() { find "$1" -name 'sha256:*.??????' 2>/dev/null; }
-
-# cache_list DIR: the names in a cache directory, one line
-cache_list() { find "$1" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | LC_ALL=C sort | tr '\n' ' '; }
-
-# expect_failure WHO DIR REGEX CMD...: CMD (as WHO in its home) must exit 1 with one line on
-# stderr matching REGEX and leave neither DIR nor a temporary file anywhere in WHO's home.
-# Prints what is wrong, nothing when all is right.
-expect_failure() {
-	local who=$1 dir=$2 re=$3 home st problems=()
-	shift 3
-	home=$(user_home "$who")
-	run "$who" "$@"
-	st=$?
-	[ "$st" -eq 1 ] || problems+=("exit status $st, want 1")
-	[ "$(wc -l <"$T/err")" -eq 1 ] || problems+=("$(wc -l <"$T/err") lines on stderr, want 1")
-	[[ $(err) =~ $re ]] || problems+=("stderr does not match $re")
-	if [ -e "$home/$dir" ]; then # reported, then removed: the next test may use the name
-		problems+=("$dir left behind")
-		chmod -R u+rwx "$home/$dir"
-		rm -rf "${home:?}/${dir:?}"
-	fi
-	[ -z "$(temp_files "$home")" ] || problems+=("temporary files left: $(temp_files "$home")")
-	if [ ${#problems[@]} -gt 0 ]; then
-		printf '%s\n' "${problems[@]}" "stderr: $(err)"
-	fi
-}
 
 # digest_of SCHEME://REGISTRY REPO TAG: the manifest digest the registry serves
 digest_of() {
 	curl -sfI -H "Accept: $ACCEPT" "$1/v2/$2/manifests/$3" | tr -d '\r' |
 		sed -n 's/^docker-content-digest: //Ip'
-}
-
-# blob_path STORAGE DIGEST: where docker-registry keeps a blob
-blob_path() {
-	local h=${2#sha256:}
-	echo "$1/docker/registry/v2/blobs/sha256/${h:0:2}/$h/data"
-}
-
-# auth_json FILE REGISTRY USER:PASSWORD [KEY]: a docker/podman credentials file
-auth_json() {
-	mkdir -p "$(dirname "$1")"
-	printf '{"auths":{"%s":{"auth":"%s"}}}\n' "${4:-$2}" "$(printf %s "$3" | base64 -w0)" >"$1"
-	chmod -R a+rX "$(dirname "$1")"
 }
 
 # --- CLI and names: no registry is running yet -------------------------------------

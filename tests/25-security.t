@@ -15,16 +15,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # Both users, where this machine lets them make the user namespaces and the sandbox
-# (lib.sh's probes, when it has them)
-WHO=()
-for w in as_root as_user; do
-	if declare -F can_sandbox >/dev/null && ! { can_userns "$w" && can_sandbox "$w"; }; then
-		diag "$w: skipped: ${PROBE_ERROR:-}"
-	else
-		WHO+=("$w")
-	fi
-done
-[ ${#WHO[@]} -gt 0 ] || skip_all "no user namespace or no sandbox here: ${PROBE_ERROR:-}"
+sandbox_users WHO
 NW=${#WHO[@]}
 NU=0 # 1 when the unprivileged user's tests run
 [ "${WHO[NW - 1]}" = as_user ] && NU=1
@@ -34,68 +25,10 @@ DUP_N=400
 # set-up, d-run, d-pull's config, credentials, cache, opaque, zeros, 400 layers, CR/LF, manifests
 plan $((4 + NW * 31 + NW * 3 + (1 + NW * 2) + (NW * 8 + NU * 2) + NW * 4 + NW + NW * 2 + (NW + 1) + (1 + NW * 2) + (1 + NW * 2 + NW * 5)))
 
-# --- helpers -----------------------------------------------------------------------
+# --- helpers (run, expect_failure, start_proxy... are lib.sh's) ----------------------------
 
-# run WHO CMD...: CMD as WHO in WHO's home; output in $T/out and $T/err; CMD's status
-run() {
-	local who=$1
-	shift
-	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err" </dev/null
-}
-err() { cat "$T/err"; }
-uid_of() { if [ "$1" = as_root ]; then echo 0; else echo 65534; fi; }
+# other_uid WHO: the uid of the other user
 other_uid() { if [ "$1" = as_root ]; then echo 65534; else echo 0; fi; }
-
-# expect_failure WHO DIR REGEX CMD...: CMD (as WHO in its home) must exit 1 with one line on
-# stderr matching REGEX and leave neither DIR nor a temporary cache file in WHO's home.
-# Prints what is wrong, nothing when all is right.
-expect_failure() {
-	local who=$1 dir=$2 re=$3 home st problems=()
-	shift 3
-	home=$(user_home "$who")
-	run "$who" "$@"
-	st=$?
-	[ "$st" -eq 1 ] || problems+=("exit status $st, want 1")
-	[ "$(wc -l <"$T/err")" -eq 1 ] || problems+=("$(wc -l <"$T/err") lines on stderr, want 1")
-	[[ $(err) =~ $re ]] || problems+=("stderr does not match $re")
-	[ ! -e "$home/$dir" ] || problems+=("$dir left behind")
-	[ -z "$(find "$home" -name 'sha256:*.??????' 2>/dev/null)" ] || problems+=("temporary cache files left")
-	if [ ${#problems[@]} -gt 0 ]; then
-		printf '%s\n' "${problems[@]}" "stderr: $(head -c 1500 "$T/err")"
-		[ -e "$home/$dir" ] && { chmod -R u+rwx "$home/$dir"; rm -rf "${home:?}/$dir"; }
-	fi
-	return 0
-}
-
-# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS; sets PORT_<NAME>, log $T/proxy-NAME/log
-start_proxy() {
-	local name=$1 d=$T/proxy-$1 i pid
-	shift
-	mkdir -p "$d"
-	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" \
-		--tls-cert "$T/ca/server.pem" --tls-key "$T/ca/server.key" "$@" </dev/null >"$d/out" 2>&1 &
-	pid=$!
-	SERVER_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do
-		[ -s "$d/port" ] && break
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	[ -s "$d/port" ] || {
-		diag "proxy $name did not start:" "$(cat "$d/out")"
-		return 1
-	}
-	printf -v "PORT_${name^^}" '%s' "$(cat "$d/port")"
-}
-
-# header_names LOG: every request header name in a proxy log, lowercase, one a line
-header_names() { jq -r '.headers[][0] | ascii_downcase' "$1"; }
-
-# blob_path STORAGE DIGEST: where docker-registry keeps a blob
-blob_path() {
-	local h=${2#sha256:}
-	echo "$1/docker/registry/v2/blobs/sha256/${h:0:2}/$h/data"
-}
 
 # --- registries, proxies' upstreams, images -------------------------------------------
 ok "start the tls and token registries" eval 'start_registry tls && start_registry token'
@@ -122,11 +55,6 @@ like "the images are in the registry" "$BUSYBOX_LAYER $SECOND_LAYER" '^sha256:[0
 # --- 1+2: d-run: /proc and /dev are never a mount destination nor the working directory -----
 
 drun() { "$W" "$DRUN" "$@"; }
-status() {
-	local rc=0
-	"$@" >"$T/out" 2>"$T/err" </dev/null || rc=$?
-	echo "$rc"
-}
 # mkbox NAME FROM CONFIG-JSON: $H/NAME with a copy of $H/FROM/rootfs and that config.json
 mkbox() {
 	"$W" rm -rf "$H/$1"
@@ -286,9 +214,7 @@ ok "start the evil server and the front proxy of the token registry" eval '
 		"[{method: \"GET\", match: \"/blobs/\", action: \"redirect\", location: \$to}]" >"$T/front.json" &&
 	start_proxy front --upstream "https://$REG_TOKEN" --rules "$T/front.json"'
 FRONT=127.0.0.1:${PORT_FRONT:-1}
-mkdir -p "$T/auth-front"
-printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$FRONT" "$(printf alice:secret | base64 -w0)" >"$T/auth-front/config.json"
-chmod -R a+rX "$T/auth-front"
+auth_json "$T/auth-front/config.json" "$FRONT" alice:secret
 for W in "${WHO[@]}"; do
 	me=${W#as_}
 	: >"$T/proxy-evil/log"
@@ -311,6 +237,12 @@ mkcache() { # WHO NAME [OWNER MODE]: prints XDG_CACHE_HOME, whose d-utils has th
 	chown "${3:-$(uid_of "$1")}:${3:-$(uid_of "$1")}" "$c/d-utils"
 	chmod "${4:-0755}" "$c/d-utils"
 	echo "$c"
+}
+# planted_refused DIR DESC: test "$me: DESC": W's pull into DIR with the cache $c (timeout $GUARD)
+# fails naming the layer
+planted_refused() {
+	is "$me: $2" "$(expect_failure "$W" "$1" "${BUSYBOX_LAYER#sha256:}" env XDG_CACHE_HOME="$c" \
+		timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" "$1")" ""
 }
 for W in "${WHO[@]}"; do
 	me=${W#as_}
@@ -336,36 +268,26 @@ for W in "${WHO[@]}"; do
 	c=$(mkcache "$W" dangling)
 	ln -s "$c/nowhere" "$c/d-utils/$BUSYBOX_LAYER"
 	chown -h "$u:$u" "$c/d-utils/$BUSYBOX_LAYER"
-	is "$me: a dangling symlink as the cached layer: refused naming it, no DIR (hang guard: timeout ${GUARD}s)" \
-		"$(expect_failure "$W" c4 "${BUSYBOX_LAYER#sha256:}" env XDG_CACHE_HOME="$c" \
-			timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" c4)" ""
+	planted_refused c4 "a dangling symlink as the cached layer: refused naming it, no DIR (hang guard: timeout ${GUARD}s)"
 	c=$(mkcache "$W" symlink)
 	cp "$T/planted.tgz" "$c/planted.tgz"
 	ln -s "$c/planted.tgz" "$c/d-utils/$BUSYBOX_LAYER"
 	chown -h "$u:$u" "$c/planted.tgz" "$c/d-utils/$BUSYBOX_LAYER"
-	is "$me: a symlink to a file of the caller's as the cached layer: refused naming it, not unpacked" \
-		"$(expect_failure "$W" c5 "${BUSYBOX_LAYER#sha256:}" env XDG_CACHE_HOME="$c" \
-			timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" c5)" ""
+	planted_refused c5 "a symlink to a file of the caller's as the cached layer: refused naming it, not unpacked"
 	c=$(mkcache "$W" fifo)
 	mkfifo "$c/d-utils/$BUSYBOX_LAYER"
 	chown "$u:$u" "$c/d-utils/$BUSYBOX_LAYER"
-	is "$me: a FIFO as the cached layer: refused naming it, no DIR (hang guard: timeout ${GUARD}s)" \
-		"$(expect_failure "$W" c6 "${BUSYBOX_LAYER#sha256:}" env XDG_CACHE_HOME="$c" \
-			timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" c6)" ""
+	planted_refused c6 "a FIFO as the cached layer: refused naming it, no DIR (hang guard: timeout ${GUARD}s)"
 	c=$(mkcache "$W" dir)
 	mkdir "$c/d-utils/$BUSYBOX_LAYER"
 	chown "$u:$u" "$c/d-utils/$BUSYBOX_LAYER"
-	is "$me: a directory as the cached layer: refused naming it, no DIR" \
-		"$(expect_failure "$W" c7 "${BUSYBOX_LAYER#sha256:}" env XDG_CACHE_HOME="$c" \
-			timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" c7)" ""
+	planted_refused c7 "a directory as the cached layer: refused naming it, no DIR"
 	c=$(mkcache "$W" foreign)
 	cp "$T/planted.tgz" "$c/d-utils/$BUSYBOX_LAYER"
 	chown "$o:$o" "$c/d-utils/$BUSYBOX_LAYER"
 	# 0666 for the user: else it could not even touch it
 	chmod "$([ "$W" = as_root ] && echo 0644 || echo 0666)" "$c/d-utils/$BUSYBOX_LAYER"
-	is "$me: a file of uid $o (mode $(stat -c %a "$c/d-utils/$BUSYBOX_LAYER")) with other content as the cached layer: refused naming it, not unpacked" \
-		"$(expect_failure "$W" c8 "${BUSYBOX_LAYER#sha256:}" env XDG_CACHE_HOME="$c" \
-			timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" c8)" ""
+	planted_refused c8 "a file of uid $o (mode $(stat -c %a "$c/d-utils/$BUSYBOX_LAYER")) with other content as the cached layer: refused naming it, not unpacked"
 done
 if [ "$NU" = 1 ]; then # root writes anywhere
 	c=$(mkcache as_user readonly 65534 0555)

@@ -29,45 +29,18 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-WHO=()
-for w in as_root as_user; do
-	if ! { can_userns "$w" && can_sandbox "$w"; }; then
-		diag "$w: skipped: ${PROBE_ERROR:-}"
-	else
-		WHO+=("$w")
-	fi
-done
-[ ${#WHO[@]} -gt 0 ] || skip_all "no user namespace or no sandbox here: ${PROBE_ERROR:-}"
+sandbox_users WHO
 NW=${#WHO[@]}
 GUARD=${D_TEST_HANG_GUARD:-120}
 plan $((4 + NW * (3 + 3 + 2 + 1 + 2 + 1)))
 
-# --- helpers -----------------------------------------------------------------------
+# --- helpers (uid_of, start_proxy... are lib.sh's) -----------------------------------------
 
 # the attacker of F3/F4: another unprivileged user than the victim
 attacker_of() { if [ "$1" = as_root ]; then echo 65534; else echo 65533; fi; }
-uid_of() { if [ "$1" = as_root ]; then echo 0; else echo 65534; fi; }
 
-# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS; sets PORT_<NAME>
-start_proxy() {
-	local name=$1 d=$T/proxy-$1 i pid
-	shift
-	mkdir -p "$d"
-	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" \
-		--tls-cert "$T/ca/server.pem" --tls-key "$T/ca/server.key" "$@" </dev/null >"$d/out" 2>&1 &
-	pid=$!
-	SERVER_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do
-		[ -s "$d/port" ] && break
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	[ -s "$d/port" ] || {
-		diag "proxy $name did not start:" "$(cat "$d/out")"
-		return 1
-	}
-	printf -v "PORT_${name^^}" '%s' "$(cat "$d/port")"
-}
+# pull_busybox NAME: as W, busybox from the tls registry into $H/NAME; a diag when it fails
+pull_busybox() { "$W" "$DPULL" -q "$REG_TLS/busybox" "$H/$1" 2>"$T/err" || diag "$me: pull $1: $(cat "$T/err")"; }
 
 HOSTW=$T/hostw # the host directory the escapes aim at: writable by both users
 mkdir -p "$HOSTW"
@@ -222,7 +195,7 @@ for W in "${WHO[@]}"; do
 	H=$(user_home "$W")
 	me=${W#as_}
 	rm -rf "${HOSTW:?}"/*
-	"$W" "$DPULL" -q "$REG_TLS/busybox" "$H/f5" 2>"$T/err" || diag "$me: pull f5: $(cat "$T/err")"
+	pull_busybox f5
 	# shellcheck disable=SC2034 # used by the eval below
 	F5='for n in 0 1 2; do (cd "/proc/1/fd/$n" 2>/dev/null && touch "../$1/PWNED-F5-$n"); done'
 	for how in '<&-' '>&-' '2>&-'; do
@@ -240,7 +213,7 @@ for W in "${WHO[@]}"; do
 	H=$(user_home "$W")
 	me=${W#as_}
 	rm -rf "${HOSTW:?}"/*
-	"$W" "$DPULL" -q "$REG_TLS/busybox" "$H/f6" 2>"$T/err" || diag "$me: pull f6: $(cat "$T/err")"
+	pull_busybox f6
 	cp "$H/f6/config.json" "$T/f6-config.json"
 	"$W" timeout "$GUARD" "$DRUN" -v /a "$H/f6" sh -c 'ln -s / /a/x' >/dev/null 2>&1
 	"$W" timeout "$GUARD" "$DRUN" -v /a/x "$H/f6" sh -c \
@@ -258,7 +231,7 @@ done
 for W in "${WHO[@]}"; do
 	H=$(user_home "$W")
 	me=${W#as_}
-	"$W" "$DPULL" -q "$REG_TLS/busybox" "$H/f9" 2>"$T/err" || diag "$me: pull f9: $(cat "$T/err")"
+	pull_busybox f9
 	"$W" sh -c 'cp "$1/rootfs/etc/passwd" "$1/passwd.new" && { echo "1000:x:0:0:fake:/:/bin/sh"; cat "$1/passwd.new"; } >"$1/rootfs/etc/passwd"' sh "$H/f9"
 	is "F9 $me: passwd names a user \"1000\" with uid 0 before the real 1000: -u 1000 runs as uid 1000, without the filter" \
 		"$("$W" timeout "$GUARD" "$DRUN" -u 1000 "$H/f9" sh -c 'id -u; grep ^Seccomp: /proc/self/status' 2>&1 | tr '\n' ' ')" \

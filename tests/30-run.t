@@ -24,16 +24,9 @@ if have_fixture i386; then
 fi
 
 # --- helpers -----------------------------------------------------------------
-# WHO (as_root or as_user) and H (its home) are set by suite().
+# WHO (as_root or as_user) and H (its home) are set by suite(); status and fds_seen are lib.sh's.
 
 drun() { "$WHO" "$DRUN" "$@"; }
-
-# status CMD...: prints CMD's exit status, its output goes to $T/out and $T/err
-status() {
-	local rc=0
-	"$@" >"$T/out" 2>"$T/err" || rc=$?
-	echo "$rc"
-}
 
 # mkdir_as NAME...: directories owned by WHO
 mkdir_as() { "$WHO" mkdir -p "$@"; }
@@ -55,18 +48,6 @@ if_names() { sed -n 's/^ *\([^ :]*\):.*/\1/p' | LC_ALL=C sort | tr '\n' ' '; }
 ns_ids() { # the namespaces of the process reading /proc/self/ns
 	local n
 	for n in mnt pid net ipc uts user cgroup; do readlink "/proc/self/ns/$n"; done
-}
-
-# fds_seen: the fds a command inside the sandbox sees, with fd 7 open in the caller
-fds_seen() {
-	local fd
-	# whatever started us may have leaked fds: close all above 2 first
-	for fd in /proc/"$BASHPID"/fd/*; do
-		fd=${fd##*/}
-		[ "$fd" -gt 2 ] && eval "exec $fd>&-"
-	done
-	exec 7</etc/hostname
-	drun "$H/box" ls /proc/self/fd | tr '\n' ' '
 }
 
 suite() {
@@ -302,7 +283,7 @@ suite() {
 	is "$me: an image whose config asks for net gets no network" "$(drun "$H/hostile" cat /proc/net/dev | if_names)" "lo "
 	like "$me: an image whose config asks for rw gets a read-only rootfs" \
 		"$(drun "$H/hostile" sh -c 'touch /newfile 2>&1; echo $?')" $'Read-only file system\n1$'
-	is "$me: no fd of the caller leaks into the sandbox" "$(fds_seen)" "0 1 2 3 "
+	is "$me: no fd of the caller leaks into the sandbox" "$(fds_seen drun "$H/box" ls /proc/self/fd)" "0 1 2 3 "
 
 	# --die-with-parent: kill the caller of d-run, the command must go. The sleep (for years) is
 	# named by its argument, made of our pid: no other process, of another test run either,
@@ -381,12 +362,7 @@ touch "/tmp/$1" "/home/user/$1"; w "$2"; ls /tmp; touch "/home/user/$1.listed"; 
 # A user whose sandbox cannot be made here (or whose pulls cannot unpack) has its suite skipped.
 BAD_WHO=as_user
 for WHO in as_root as_user; do
-	why=
-	if ! can_sandbox "$WHO"; then
-		why="$WHO cannot make a bubblewrap sandbox here: $PROBE_ERROR"
-	elif [ "$WHO" = as_user ] && ! can_userns as_user; then
-		why="as_user cannot unpack in a user namespace here: $PROBE_ERROR"
-	fi
+	why=$(why_cannot_run "$WHO")
 	if [ -z "$why" ]; then
 		suite "$WHO"
 	else

@@ -31,13 +31,7 @@ fixtures_need_mirror() {
 	return 1
 }
 if fixtures_need_mirror; then
-	MIRROR=$("$PYTHON" -B -c 'import sys; sys.path.insert(0, sys.argv[1]); import fixtures; print(fixtures.debian_mirror())' "$SRC/tests")
-	if ! curl -sf --max-time 30 -o /dev/null "$MIRROR/dists/bookworm/Release"; then
-		for ((i = 0; i < TESTS; i++)); do
-			skip "Debian image test" "debootstrap cannot reach the Debian mirror $MIRROR"
-		done
-		exit 0
-	fi
+	need_debian_mirror "$TESTS" "Debian image test"
 fi
 start=$SECONDS
 ok "build the debian-umoci and debian-buildah fixtures (debootstrap once per clone)" \
@@ -144,13 +138,6 @@ for i, desc in enumerate(layers):
                 seen.add("lists-deleted")
 print(len(layers), "layers:", " ".join(sorted(seen)))
 EOF
-}
-
-# run WHO CMD...: CMD as WHO in WHO's home; output in $T/out and $T/err; CMD's status
-run() {
-	local who=$1
-	shift
-	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err"
 }
 
 # first_lines N TEXT: at most N lines of TEXT, for a readable TAP diagnostic

@@ -29,13 +29,7 @@ SOURCES='deb [trusted=yes] file:/debs ./'
 # As in 40-debian.t: without the mirror and without a built Debian fixture every test is
 # skipped; with it, a fixture that cannot be built is a failure.
 if [ ! -f "$FIXTURES/$FIXTURE/index.json" ] && [ ! -f "$FIXTURES/debian-bookworm-minbase.tar.zst" ]; then
-	MIRROR=$("$PYTHON" -B -c 'import sys; sys.path.insert(0, sys.argv[1]); import fixtures; print(fixtures.debian_mirror())' "$SRC/tests")
-	if ! curl -sf --max-time 30 -o /dev/null "$MIRROR/dists/bookworm/Release"; then
-		for ((i = 0; i < TESTS; i++)); do
-			skip "Debian build test" "debootstrap cannot reach the Debian mirror $MIRROR"
-		done
-		exit 0
-	fi
+	need_debian_mirror "$TESTS" "Debian build test"
 fi
 ok "build the $FIXTURE fixture (debootstrap once per clone)" build_fixtures "$FIXTURE"
 
@@ -86,15 +80,9 @@ fi
 
 # --- helpers -----------------------------------------------------------------
 # WHO (as_root or as_user), H (its home) and D (its pull of the Debian image) are set by suite().
+# status and fds_seen are lib.sh's.
 
 drun() { "$WHO" "$DRUN" "$@"; }
-
-# status CMD...: prints CMD's exit status, its output goes to $T/out and $T/err
-status() {
-	local rc=0
-	"$@" >"$T/out" 2>"$T/err" || rc=$?
-	echo "$rc"
-}
 
 # sh_in DIR SCRIPT [D-RUN OPTIONS...]: SCRIPT's output (stdout and stderr, lines joined by
 # spaces) from sh in DIR
@@ -102,18 +90,6 @@ sh_in() {
 	local dir=$1 script=$2
 	shift 2
 	drun "$@" "$dir" sh -c "$script" 2>&1 | tr '\n' ' '
-}
-
-# fds_seen: the fds a shell's ls sees in the sandbox of a root run, with fd 7 open in the caller
-fds_seen() {
-	local fd
-	# whatever started us may have leaked fds: close all above 2 first
-	for fd in /proc/"$BASHPID"/fd/*; do
-		fd=${fd##*/}
-		[ "$fd" -gt 2 ] && eval "exec $fd>&-"
-	done
-	exec 7</etc/hostname
-	drun "$D" sh -c 'ls /proc/self/fd' | tr '\n' ' '
 }
 
 # with_user_config DIR CMD...: CMD while DIR/config.json says "User": "1000"
@@ -211,7 +187,7 @@ suite() {
 	# the filter reaches bwrap as an fd (a memfd); bwrap reads and closes it. 3 is ls's own
 	# fd on /proc/self/fd
 	is "$me: the command of a root run sees fds 0 1 2 only (no filter fd, not the caller's 7)" \
-		"$(fds_seen)" "0 1 2 3 "
+		"$(fds_seen drun "$D" sh -c 'ls /proc/self/fd')" "0 1 2 3 "
 
 	# --- 32-bit ------------------------------------------------------------------------------
 	line="$me: i386 busybox, a root run: chown 5:5 /tmp/x returns 0 (the 32-bit table is filtered)"
@@ -229,12 +205,7 @@ suite() {
 
 # A user whose sandbox cannot be made here (or whose pulls cannot unpack) has its tests skipped.
 for WHO in "${USERS[@]}"; do
-	why=
-	if ! can_sandbox "$WHO"; then
-		why="$WHO cannot make a bubblewrap sandbox here: $PROBE_ERROR"
-	elif [ "$WHO" = as_user ] && ! can_userns as_user; then
-		why="as_user cannot unpack in a user namespace here: $PROBE_ERROR"
-	fi
+	why=$(why_cannot_run "$WHO")
 	if [ -z "$why" ]; then
 		suite "$WHO"
 	else

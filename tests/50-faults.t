@@ -25,15 +25,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # Both users, where this machine lets them make the user namespaces and the sandbox
-WHO=()
-for w in as_root as_user; do
-	if ! { can_userns "$w" && can_sandbox "$w"; }; then
-		diag "$w: skipped: ${PROBE_ERROR:-}"
-	else
-		WHO+=("$w")
-	fi
-done
-[ ${#WHO[@]} -gt 0 ] || skip_all "no user namespace or no sandbox here: ${PROBE_ERROR:-}"
+sandbox_users WHO
 NW=${#WHO[@]}
 GUARD=${D_TEST_HANG_GUARD:-120}
 STALL_GUARD=$((GUARD > 90 ? GUARD : 90))
@@ -41,63 +33,7 @@ MANY=8
 # set-up; per user: reference, 1, 1b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 plan $((4 + NW * (1 + 3 + 4 + 3 + 3 + 3 + 3 + 6 + 2 + 2 + 5 + 4 + 2)))
 
-# --- helpers (as in 25-security.t) -------------------------------------------------------
-
-# run WHO CMD...: CMD as WHO in WHO's home; output in $T/out and $T/err; CMD's status
-run() {
-	local who=$1
-	shift
-	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err" </dev/null
-}
-err() { cat "$T/err"; }
-uid_of() { if [ "$1" = as_root ]; then echo 0; else echo 65534; fi; }
-
-# expect_failure WHO DIR REGEX CMD...: CMD (as WHO in its home) must exit 1 with one line on
-# stderr matching REGEX and leave neither DIR nor a temporary cache file in WHO's home.
-# Prints what is wrong, nothing when all is right.
-expect_failure() {
-	local who=$1 dir=$2 re=$3 home st problems=()
-	shift 3
-	home=$(user_home "$who")
-	run "$who" "$@"
-	st=$?
-	[ "$st" -eq 1 ] || problems+=("exit status $st, want 1")
-	[ "$(wc -l <"$T/err")" -eq 1 ] || problems+=("$(wc -l <"$T/err") lines on stderr, want 1")
-	[[ $(err) =~ $re ]] || problems+=("stderr does not match $re")
-	[ ! -e "$home/$dir" ] || problems+=("$dir left behind")
-	[ -z "$(find "$home" -name 'sha256:*.??????' 2>/dev/null)" ] || problems+=("temporary cache files left")
-	if [ ${#problems[@]} -gt 0 ]; then
-		printf '%s\n' "${problems[@]}" "stderr: $(head -c 1500 "$T/err")"
-		[ -e "$home/$dir" ] && { chmod -R u+rwx "$home/$dir"; rm -rf "${home:?}/$dir"; }
-	fi
-	return 0
-}
-
-# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS; sets PORT_<NAME>, log $T/proxy-NAME/log
-start_proxy() {
-	local name=$1 d=$T/proxy-$1 i pid
-	shift
-	mkdir -p "$d"
-	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" \
-		--tls-cert "$T/ca/server.pem" --tls-key "$T/ca/server.key" "$@" </dev/null >"$d/out" 2>&1 &
-	pid=$!
-	SERVER_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do
-		[ -s "$d/port" ] && break
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	[ -s "$d/port" ] || {
-		diag "proxy $name did not start:" "$(cat "$d/out")"
-		return 1
-	}
-	printf -v "PORT_${name^^}" '%s' "$(cat "$d/port")"
-}
-
-# header_names LOG: every request header name in a proxy log, lowercase, one a line
-header_names() { jq -r '.headers[][0] | ascii_downcase' "$1"; }
-
-# --- helpers of this file ---------------------------------------------------------------
+# --- helpers (run, expect_failure, start_proxy... are lib.sh's) ----------------------------
 
 # front NAME RULE...: a proxy of the tls registry with these rules (JSON), of this test and
 # user alone (the rules' counters and the log start afresh); sets P (its 127.0.0.1:PORT, port
@@ -133,9 +69,6 @@ tree_sum() {
 		cat ../config.json
 	) 2>&1 | sha256sum
 }
-
-# cache_names DIR: the names in a cache directory, one line
-cache_names() { find "$1" -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null | tr ' ' '\n' | LC_ALL=C sort | tr '\n' ' '; }
 
 # cache_check DIR: what is wrong in a cache directory: a name that is not a digest, an entry
 # that is not a regular file, a content that does not hash to its name. Nothing when all is right.
@@ -198,9 +131,7 @@ ok "start the CDN proxy and the front proxy of the token registry" eval '
 	start_proxy tokfront --upstream "https://$REG_TOKEN" --rule "$(jq -nc --arg to "https://127.0.0.1:$PORT_CDN{path}" \
 		"{method: \"GET\", match: \"/blobs/\", action: \"redirect\", location: \$to}")"'
 TOKFRONT=127.0.0.1:${PORT_TOKFRONT:-1}
-mkdir -p "$T/auth"
-printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$TOKFRONT" "$(printf alice:secret | base64 -w0)" >"$T/auth/config.json"
-chmod -R a+rX "$T/auth"
+auth_json "$T/auth/config.json" "$TOKFRONT" alice:secret
 
 # what this machine lets the tests use
 CAN_MOUNT=1
@@ -249,7 +180,7 @@ for W in "${WHO[@]}"; do
 		"$? $(tree_sum "$H/retry")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
 	is "$me:   ... the layer was asked for 4 times" "$(gets "$LOG" "$LAYER")" 4
 	is "$me:   ... the cache holds the layer alone, verified" \
-		"$(cache_names "$H/c-retry/d-utils")$(cache_check "$H/c-retry/d-utils")" "$LAYER "
+		"$(cache_list "$H/c-retry/d-utils")$(cache_check "$H/c-retry/d-utils")" "$LAYER "
 	forget "$H/retry"
 
 	# --- 1b: error pages longer than the layer ------------------------------------------------
@@ -267,7 +198,7 @@ for W in "${WHO[@]}"; do
 		"$(expect_failure "$W" bigmiss "HTTP 404" env XDG_CACHE_HOME="$H/c-bigmiss" \
 			timeout "$GUARD" "$DPULL" -q "$P/layers" bigmiss)" ""
 	is "$me:   ... asked for once, nothing of it cached" \
-		"$(gets "$LOG" "$SMALL") $(cache_names "$H/c-bigmiss/d-utils" | grep -c "$SMALL")" "1 0"
+		"$(gets "$LOG" "$SMALL") $(cache_list "$H/c-bigmiss/d-utils" | grep -c "$SMALL")" "1 0"
 	# the token expires: the registry's own challenge for that blob, with the long page
 	CH=$(curl -s -D - -o /dev/null "https://$REG_TOKEN/v2/private/layers/blobs/$SMALL" |
 		sed -n 's/^www-authenticate: //Ip' | tr -d '\r')
@@ -275,9 +206,7 @@ for W in "${WHO[@]}"; do
 		--arg ch "$CH" --rawfile b "$T/page" '{method: "GET", match: $m, times: 1, action: "respond",
 		status: 401, headers: {"WWW-Authenticate": $ch}, body: $b}')"
 	P=127.0.0.1:$(cat "$T/proxy-expired_$me/port" 2>/dev/null || echo 1)
-	mkdir -p "$T/auth-$me"
-	printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$P" "$(printf alice:secret | base64 -w0)" >"$T/auth-$me/config.json"
-	chmod -R a+rX "$T/auth-$me"
+	auth_json "$T/auth-$me/config.json" "$P" alice:secret
 	run "$W" env DOCKER_CONFIG="$T/auth-$me" XDG_CACHE_HOME="$H/c-expired" timeout "$GUARD" \
 		"$DPULL" -q "$P/private/layers" expired
 	is "$me:   ... a 401 with the registry's challenge and that page (an expired token): a new token, pulled" \
@@ -291,7 +220,7 @@ for W in "${WHO[@]}"; do
 			timeout "$GUARD" "$DPULL" -q "$P/busybox" e500)" ""
 	is "$me:   ... after 4 tries" "$(gets "$LOG" "$LAYER")" 4
 	is "$me:   ... and nothing in the cache" \
-		"$(cache_names "$H/c-e500/d-utils")$(cache_check "$H/c-e500/d-utils")" ""
+		"$(cache_list "$H/c-e500/d-utils")$(cache_check "$H/c-e500/d-utils")" ""
 
 	# --- 3: a connection cut in a layer, once ------------------------------------------------
 	front "cut_$me" "$(blob_rule "$LAYER" '{times: 1, cut_after: 300000}')"
@@ -300,7 +229,7 @@ for W in "${WHO[@]}"; do
 		"$? $(tree_sum "$H/cut")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
 	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
 	is "$me:   ... the cache holds the layer alone, verified" \
-		"$(cache_names "$H/c-cut/d-utils")$(cache_check "$H/c-cut/d-utils")" "$LAYER "
+		"$(cache_list "$H/c-cut/d-utils")$(cache_check "$H/c-cut/d-utils")" "$LAYER "
 	forget "$H/cut"
 
 	# --- 4: a connection that stalls in a layer, once ----------------------------------------
@@ -311,7 +240,7 @@ for W in "${WHO[@]}"; do
 		"$? $(tree_sum "$H/stall")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
 	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
 	is "$me:   ... the cache holds the layer alone, verified" \
-		"$(cache_names "$H/c-stall/d-utils")$(cache_check "$H/c-stall/d-utils")" "$LAYER "
+		"$(cache_list "$H/c-stall/d-utils")$(cache_check "$H/c-stall/d-utils")" "$LAYER "
 	forget "$H/stall"
 
 	# --- 5: blobs redirected to another server ---------------------------------------------------
@@ -360,7 +289,7 @@ for W in "${WHO[@]}"; do
 		"$(expect_failure "$W" html "$LAYER: digest mismatch" env XDG_CACHE_HOME="$H/c-html" \
 			timeout "$GUARD" "$DPULL" -q "$P/busybox" html)" ""
 	is "$me:   ... and nothing in the cache" \
-		"$(cache_names "$H/c-html/d-utils")$(cache_check "$H/c-html/d-utils")" ""
+		"$(cache_list "$H/c-html/d-utils")$(cache_check "$H/c-html/d-utils")" ""
 
 	# --- 8: nobody listening ---------------------------------------------------------------------
 	if [ "$STRACE" = 1 ]; then
@@ -383,7 +312,7 @@ for W in "${WHO[@]}"; do
 			diag "stderr: $(head -c 500 "$T/err")"
 		is "$me:   ... the partial DIR removed: nothing left in the tmpfs" "${out#* }" ""
 		is "$me:   ... the cache holds the layer alone, verified" \
-			"$(cache_names "$H/c-fulldir/d-utils")$(cache_check "$H/c-fulldir/d-utils")" "$LAYER "
+			"$(cache_list "$H/c-fulldir/d-utils")$(cache_check "$H/c-fulldir/d-utils")" "$LAYER "
 		out=$(on_tmpfs "$W" 1m env XDG_CACHE_HOME="$T/tmpfs/cache" timeout "$GUARD" \
 			"$DPULL" -q "$REG_TLS/busybox" fullcache)
 		like "$me:   ... the cache on a 1 MiB tmpfs: exit 1, one line about writing, no DIR (hang guard: timeout ${GUARD}s)" \
@@ -414,7 +343,7 @@ for W in "${WHO[@]}"; do
 		"$st" "$want" || diag "$(cat "$T"/many*.err | head -c 500)"
 	is "$me:   ... $MANY identical trees, the layers' tree" "$sums $(layers_tree "$H/many1/rootfs")" "1 $LAYERS_TREE"
 	is "$me:   ... the cache holds each layer once, verified, and nothing else" \
-		"$(cache_names "$H/c-many/d-utils")$(cache_check "$H/c-many/d-utils")" "$LAYERS"
+		"$(cache_list "$H/c-many/d-utils")$(cache_check "$H/c-many/d-utils")" "$LAYERS"
 	pids=()
 	for ((i = 1; i <= MANY; i++)); do
 		(cd "$H" && "$W" timeout "$GUARD" "$DRUN" many1 sh -c 'echo "run $1" >/tmp/me && cat /tmp/me' sh "$i") \

@@ -12,11 +12,13 @@
 # Set by the functions below:
 #   SSL_CERT_FILE and CURL_CA_BUNDLE (exported, make_ca), REG_HTTP / REG_TLS / REG_TOKEN = 127.0.0.1:PORT,
 #   TOKEN_REALM = https://127.0.0.1:PORT/token, TOKEN_SERVICE, TOKEN_LOG = $T/token.log
-#   (one line per issued token: "anonymous|alice SCOPE..."), REG_STORAGE_<KIND>.
+#   (one line per issued token: "anonymous|alice SCOPE..."), REG_STORAGE_<KIND>,
+#   PORT_<NAME> (start_proxy).
 # The caller's environment is not the tests': proxies, GOOS/GOARCH, DOCKER_CONFIG... are unset,
 # umask is 022 and stdin /dev/null. Servers bind port 0 (_listen_port finds the port).
-# Probes (can_userns, can_sandbox, can_run_i386) tell whether this machine can run a test;
-# one that cannot is skipped, with the reason the probe found (PROBE_ERROR).
+# Probes (can_userns, can_sandbox, can_run_i386; sandbox_users and why_cannot_run use them) tell
+# whether this machine can run a test; one that cannot is skipped, with the reason the probe
+# found (PROBE_ERROR).
 #
 # Fixtures (tests/fixtures.py builds them as root into $FIXTURES, once, under flock).
 # Every one is linux/amd64 unless said otherwise; all OCI ones come from umoci, so
@@ -259,6 +261,68 @@ pids_of() {
 	return 0
 }
 
+# --- commands as a user, and what d-pull leaves -------------------------------------
+
+# run WHO CMD...: CMD as WHO in WHO's home, stdin /dev/null, output in $T/out and $T/err; its status
+run() {
+	local who=$1
+	shift
+	(cd "$(user_home "$who")" && "$who" "$@") >"$T/out" 2>"$T/err" </dev/null
+}
+
+# err: prints the stderr of the last run or status ($T/err)
+err() { cat "$T/err"; }
+
+# status CMD...: runs CMD, stdin /dev/null, output in $T/out and $T/err; prints CMD's exit status
+status() {
+	local rc=0
+	"$@" >"$T/out" 2>"$T/err" </dev/null || rc=$?
+	echo "$rc"
+}
+
+# uid_of WHO: prints the uid of as_root (0) or as_user (65534)
+uid_of() { if [ "$1" = as_root ]; then echo 0; else echo 65534; fi; }
+
+# temp_files DIR: prints d-pull's temporary cache files under DIR, one a line
+temp_files() { find "$1" -name 'sha256:*.??????' 2>/dev/null; }
+
+# cache_list DIR: prints the names in a cache directory, sorted, on one line ("a b ")
+cache_list() { find "$1" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | LC_ALL=C sort | tr '\n' ' '; }
+
+# expect_failure WHO DIR REGEX CMD...: `run WHO CMD` must exit 1, one stderr line matching REGEX,
+# no DIR (removed if left) nor temp file in WHO's home; prints what is wrong, else nothing
+expect_failure() {
+	local who=$1 dir=$2 re=$3 home st temps problems=()
+	shift 3
+	home=$(user_home "$who")
+	run "$who" "$@"
+	st=$?
+	[ "$st" -eq 1 ] || problems+=("exit status $st, want 1")
+	[ "$(wc -l <"$T/err")" -eq 1 ] || problems+=("$(wc -l <"$T/err") lines on stderr, want 1")
+	[[ $(err) =~ $re ]] || problems+=("stderr does not match $re")
+	temps=$(temp_files "$home") # DIR's own too, before DIR goes
+	if [ -e "$home/$dir" ]; then # reported, then removed: the next test may use the name
+		problems+=("$dir left behind")
+		chmod -R u+rwx "$home/$dir"
+		rm -rf "${home:?}/${dir:?}"
+	fi
+	[ -z "$temps" ] || problems+=("temporary files left: $temps")
+	[ ${#problems[@]} -eq 0 ] || printf '%s\n' "${problems[@]}" "stderr: $(head -c 1500 "$T/err")"
+	return 0
+}
+
+# fds_seen CMD...: prints CMD's output on one line, CMD run with only fds 0-2 and 7 open (use in $(...))
+fds_seen() {
+	local fd
+	# whatever started us may have leaked fds: close all above 2 first
+	for fd in /proc/"$BASHPID"/fd/*; do
+		fd=${fd##*/}
+		[ "$fd" -gt 2 ] && eval "exec $fd>&-"
+	done
+	exec 7</etc/hostname
+	"$@" | tr '\n' ' '
+}
+
 # --- what this machine can do ------------------------------------------------------
 # Probes for what a kernel, a policy or a container may forbid: a test that cannot run here is
 # skipped with the reason. A failed probe leaves its first line of errors in PROBE_ERROR.
@@ -302,6 +366,31 @@ can_run_i386() {
 	fi
 	_probe "$bb" true && return 0
 	[[ $PROBE_ERROR != *"Exec format error"* ]]
+}
+
+# sandbox_users ARRAY: sets ARRAY to those of as_root, as_user who can make a user namespace and the
+# sandbox here (a diag says why not of the others); skip_all when neither can
+sandbox_users() {
+	local -n _users=$1
+	local w
+	_users=()
+	for w in as_root as_user; do
+		if can_userns "$w" && can_sandbox "$w"; then
+			_users+=("$w")
+		else
+			diag "$w: skipped: ${PROBE_ERROR:-}"
+		fi
+	done
+	[ ${#_users[@]} -gt 0 ] || skip_all "no user namespace or no sandbox here: ${PROBE_ERROR:-}"
+}
+
+# why_cannot_run WHO: prints why WHO cannot run d-run (or as_user unpack a pull) here, else nothing
+why_cannot_run() {
+	if ! can_sandbox "$1"; then
+		echo "$1 cannot make a bubblewrap sandbox here: $PROBE_ERROR"
+	elif [ "$1" = as_user ] && ! can_userns as_user; then
+		echo "as_user cannot unpack in a user namespace here: $PROBE_ERROR"
+	fi
 }
 
 # --- CA and servers ------------------------------------------------------------
@@ -491,6 +580,43 @@ start_registry() {
 	printf -v "REG_STORAGE_${kind^^}" '%s' "$d/storage"
 }
 
+# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS, log $T/proxy-NAME/log; sets PORT_<NAME>
+start_proxy() {
+	local name=$1 d=$T/proxy-$1 i pid
+	shift
+	mkdir -p "$d"
+	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" \
+		--tls-cert "$T/ca/server.pem" --tls-key "$T/ca/server.key" "$@" </dev/null >"$d/out" 2>&1 &
+	pid=$!
+	SERVER_PIDS+=("$pid")
+	for ((i = 0; i < 100; i++)); do
+		[ -s "$d/port" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	[ -s "$d/port" ] || {
+		diag "proxy $name did not start:" "$(cat "$d/out")"
+		return 1
+	}
+	printf -v "PORT_${name^^}" '%s' "$(cat "$d/port")"
+}
+
+# header_names LOG: prints every request header name in a proxy log, lowercase, one a line
+header_names() { jq -r '.headers[][0] | ascii_downcase' "$1"; }
+
+# auth_json FILE REGISTRY USER:PASSWORD [KEY]: writes a docker/podman credentials file (a+rX)
+auth_json() {
+	mkdir -p "$(dirname "$1")"
+	printf '{"auths":{"%s":{"auth":"%s"}}}\n' "${4:-$2}" "$(printf %s "$3" | base64 -w0)" >"$1"
+	chmod -R a+rX "$(dirname "$1")"
+}
+
+# blob_path STORAGE DIGEST: prints where docker-registry keeps a blob
+blob_path() {
+	local h=${2#sha256:}
+	echo "$1/docker/registry/v2/blobs/sha256/${h:0:2}/$h/data"
+}
+
 # --- fixtures ----------------------------------------------------------------
 
 # build_fixtures [NAME...]: build the missing fixtures (all without NAME)
@@ -506,6 +632,17 @@ build_fixtures() {
 # have_fixture NAME: builds NAME, fails quietly when it cannot be built
 have_fixture() {
 	build_fixtures "$1" >/dev/null
+}
+
+# need_debian_mirror N DESC: when debootstrap's Debian mirror does not answer, N tests "DESC" skipped, exit 0
+need_debian_mirror() {
+	local mirror i
+	mirror=$("$PYTHON" -B -c 'import sys; sys.path.insert(0, sys.argv[1]); import fixtures; print(fixtures.debian_mirror())' "$SRC/tests")
+	curl -sf --max-time 30 -o /dev/null "$mirror/dists/bookworm/Release" && return 0
+	for ((i = 0; i < $1; i++)); do
+		skip "$2" "debootstrap cannot reach the Debian mirror $mirror"
+	done
+	exit 0
 }
 
 # layers_tree ROOTFS: /data, /opt and /srv of a rootfs of the layers fixture, to
