@@ -16,7 +16,7 @@ static cJSON *opts;
 static const char *opt_user;
 static int net, rw;
 static const char **args, *dir, *conf_name;
-static int nargs, dir_fd, root_fd, nbinds, filter_fd;
+static int nargs, dir_fd, root_fd, nbinds;
 static struct {
 	const char *dest, *host;
 } * binds; /* the volumes */
@@ -136,7 +136,7 @@ static void add_filter(void)
 	char *names = xasprintf("%s", faked), *name, *save = NULL;
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
 	/* an architecture the filter does not know is not filtered */
-	int r = !ctx || seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
+	int fd, r = !ctx || seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
 	if (!r && seccomp_arch_native() == SCMP_ARCH_X86_64)
 		r = seccomp_arch_add(ctx, SCMP_ARCH_X86);
 	for (name = strtok_r(names, " ", &save); !r && name; name = strtok_r(NULL, " ", &save))
@@ -146,10 +146,10 @@ static void add_filter(void)
 	                          SCMP_A1(SCMP_CMP_MASKED_EQ, S_IFCHR, S_IFCHR));
 	r = r || seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), SCMP_SYS(mknodat), 1,
 	                          SCMP_A2(SCMP_CMP_MASKED_EQ, S_IFCHR, S_IFCHR));
-	if (r || (filter_fd = memfd_create("d-run filter", 0)) < 0 ||
-	    seccomp_export_bpf(ctx, filter_fd) || lseek(filter_fd, 0, SEEK_SET))
+	if (r || (fd = memfd_create("d-run filter", 0)) < 0 || seccomp_export_bpf(ctx, fd) ||
+	    lseek(fd, 0, SEEK_SET))
 		errx(1, "cannot make the seccomp filter");
-	add("--seccomp", xasprintf("%d", filter_fd), NULL);
+	add("--seccomp", xasprintf("%d", fd), NULL);
 }
 
 /* User is name, uid, name:gid or uid:gid, looked up in the sandbox's passwd, never the host's.
