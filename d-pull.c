@@ -23,6 +23,8 @@
 #define MAX_BODY (4 << 20) /* manifests, configs, tokens */
 #define MAX_TRIES 4
 #define DIGEST_LEN 71 /* "sha256:" and 64 hex digits */
+/* DIR, what it holds, and the directories remove_tree() goes through: never a symlink */
+#define OPEN_DIR (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 /* One GET, into memory or, for a layer, into an unnamed file in the cache. */
 struct transfer {
@@ -44,13 +46,13 @@ static const char *image, *want, *out_dir; /* image: "registry/repository", for 
 static int parent_fd, out_fd, rootfs_fd;
 static char *out_name;
 static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
-static int cache_fd, quiet, rootless, nlayers, done;
+static int cache_fd, quiet, rootless, nlayers;
 static struct transfer *layers;
 /* In the extractor, a process for each layer: the names the layer wrote, which its whiteouts
  * spare; the directories it makes opaque, as "dir/" ("" for the root); the last one cleared. */
 static void *written, *opaque;
 static const char *cleared;
-static pid_t parent, extractor;
+static pid_t extractor;
 static const char usage[] = "usage: d-pull [-h] [-q] [--platform OS/ARCH[/VARIANT]] "
                             "[registry/]name[:tag|@digest] [DIR]";
 
@@ -114,15 +116,17 @@ static void parse_platform(const char *arg)
 		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
 
-/* what a user can do about an HTTP error */
-static _Noreturn void die_http(long status, const char *url)
+/* what a user can do about an HTTP error; wait is its Retry-After */
+static _Noreturn void die_http(const struct transfer *t, curl_off_t wait)
 {
 	const char *advice = "access denied: check the name, or log in (docker login)";
-	if (status == 404)
+	if (t->status == 404)
 		advice = "not found: check the name and the tag";
-	else if (status != 401 && status != 403)
+	else if (t->status == 429)
+		advice = xasprintf("rate limit: wait %ld s, or log in (docker login)", (long)wait);
+	else if (t->status != 401 && t->status != 403)
 		advice = "unexpected answer";
-	errx(1, "%s: HTTP %ld from %s: %s", image, status, url, advice);
+	errx(1, "%s: HTTP %ld from %s: %s", image, t->status, t->url, advice);
 }
 
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
@@ -134,7 +138,11 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 	return fwrite(data, size, n, t->out);
 }
 
-/* (Re)starts a transfer; a layer goes to an O_TMPFILE file, so a killed pull leaves nothing. */
+/* (Re)starts a transfer; a layer goes to an O_TMPFILE file, so a killed pull leaves nothing.
+ * A try after the first goes on where the last one stopped, with a Range request, and the
+ * digest is over all of it. (Manifests, which registries serve whole, are too small to stop
+ * in the middle; if one did, curl would say the server does not support ranges.) A NULL
+ * handle, out of memory, makes curl_easy_perform() fail with CURLE_BAD_FUNCTION_ARGUMENT. */
 static CURL *start(struct transfer *t)
 {
 	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
@@ -146,13 +154,16 @@ static CURL *start(struct transfer *t)
 	/* kept for the transfer's life, and not freed after: a few per pull */
 	struct curl_slist *headers = curl_slist_append(NULL, accept);
 	int fd = -1;
-	if (t->layer && (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
+	if (!t->out && t->layer &&
+	    (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
 		err(1, "%s", cache_path);
-	t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len);
-	t->md = t->md ? t->md : EVP_MD_CTX_new();
-	if (!t->out || !h || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
-		errx(1, "out of memory");
-	t->bytes = 0;
+	if (!t->out) {
+		t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len);
+		t->md = EVP_MD_CTX_new();
+		if (!t->out || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
+			errx(1, "out of memory");
+	}
+	curl_easy_setopt(h, CURLOPT_RESUME_FROM_LARGE, t->bytes);
 	if (auth)
 		headers = curl_slist_append(headers, auth);
 	curl_easy_setopt(h, CURLOPT_URL, t->url);
@@ -174,36 +185,40 @@ static CURL *start(struct transfer *t)
 
 static void authenticate(const char *challenge);
 
-/* 1 when the transfer must start again: over plain HTTP, after a failure that may pass, or
- * with a new token after a 401 from the registry itself (challenge is its WWW-Authenticate).
- * Credentials go to no one else: a blob redirected to another origin gets none. */
-static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
+/* 1 when the transfer must start again: after a failure that may pass, or with a new token after a
+ * 401 from the registry itself. Credentials go to no one else: a blob redirected to another origin
+ * gets none. Any other failure ends the pull. */
+static int must_retry(struct transfer *t, CURL *h, CURLcode rc)
 {
-	/* plain HTTP only where the server does not speak TLS, on a loopback registry (as
-	 * docker); a certificate that does not verify is an error */
-	if (rc == CURLE_SSL_CONNECT_ERROR && !strncmp(t->url, base_url, strlen(base_url)) &&
-	    matches("^(localhost|\\[::1\\]|127\\.[0-9.]+)(:[0-9]+)?$", ref.registry, NULL, 0)) {
-		base_url = xasprintf("http%s", base_url + 5);
-		t->url = xasprintf("http%s", t->url + 5);
-		return 1;
-	}
-	/* A failure that may pass: a connection that broke, a server error. A connection refused
-	 * at first is a wrong address, or no registry there: that fails at once. */
+	struct curl_header *challenge;
+	curl_off_t wait = 0;
+	char *where;
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
+	curl_easy_getinfo(h, CURLINFO_EFFECTIVE_URL, &where);
+	curl_easy_getinfo(h, CURLINFO_RETRY_AFTER, &wait);
+	/* A failure that may pass: a connection that broke, a server error or a rate limit, unless
+	 * it asks for a wait over 10 s. A connection refused at first is a wrong address, or no
+	 * registry there: that fails at once. */
 	int passing = rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_GOT_NOTHING ||
 	              rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
 	              rc == CURLE_PARTIAL_FILE || (rc == CURLE_COULDNT_CONNECT && t->tries) ||
-	              t->status >= 500;
+	              ((t->status >= 500 || t->status == 429) && wait <= 10);
 	t->tries++;
 	if (t->tries < MAX_TRIES && passing) {
-		sleep(1 << t->tries);
+		sleep(wait > 0 ? wait : 1 << t->tries); /* a date in the past is negative */
 		return 1;
 	}
 	if (rc != CURLE_OK && rc != CURLE_HTTP_RETURNED_ERROR)
 		errx(1, "%s: %s", t->url, curl_easy_strerror(rc));
-	if (t->status == 401 && challenge && t->tries < MAX_TRIES) {
-		authenticate(challenge);
+	if (t->status == 401 && t->tries < MAX_TRIES &&
+	    !strncmp(where, base_url, strlen(base_url)) &&
+	    !curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &challenge)) {
+		authenticate(challenge->value);
 		return 1;
 	}
+	/* 206: the rest of a layer, after a Range request */
+	if (t->status != 200 && t->status != 206)
+		die_http(t, wait);
 	return 0;
 }
 
@@ -211,26 +226,13 @@ static int must_retry(struct transfer *t, CURLcode rc, const char *challenge)
  * one there already is the same, or is refused where it is opened. */
 static void get(struct transfer *t)
 {
-	char got[DIGEST_LEN + 1] = "sha256:", *where, *challenge;
+	char got[DIGEST_LEN + 1] = "sha256:", *where;
 	unsigned char hash[32];
-	struct curl_header *header;
-	CURLcode rc;
-	for (;;) {
+	for (int again = 1; again;) {
 		CURL *h = start(t);
-		rc = curl_easy_perform(h);
-		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
-		curl_easy_getinfo(h, CURLINFO_EFFECTIVE_URL, &where);
-		challenge = NULL;
-		if (!strncmp(where, base_url, strlen(base_url)) &&
-		    !curl_easy_header(h, "WWW-Authenticate", 0, CURLH_HEADER, -1, &header))
-			challenge = xasprintf("%s", header->value);
+		again = must_retry(t, h, curl_easy_perform(h));
 		curl_easy_cleanup(h);
-		if (!must_retry(t, rc, challenge))
-			break;
-		fclose(t->out);
 	}
-	if (t->status != 200)
-		die_http(t->status, t->url);
 	if (!EVP_DigestFinal_ex(t->md, hash, NULL))
 		errx(1, "sha256 failed");
 	for (int i = 0; i < 32; i++)
@@ -274,7 +276,6 @@ static void authenticate(const char *challenge)
 {
 	char *realm = challenge_param(challenge, "realm");
 	char *service = challenge_param(challenge, "service");
-	char *scope = xasprintf("repository:%s:pull", ref.repo);
 	struct transfer t = { 0 };
 	const char *token;
 	cJSON *json;
@@ -285,7 +286,7 @@ static void authenticate(const char *challenge)
 		errx(1, "%s: unsupported authentication: %s", ref.host, challenge);
 	t.url = xasprintf("%s%cservice=%s&scope=%s", realm, strchr(realm, '?') ? '&' : '?',
 	                  curl_easy_escape(NULL, service ? service : "", 0),
-	                  curl_easy_escape(NULL, scope, 0));
+	                  curl_easy_escape(NULL, xasprintf("repository:%s:pull", ref.repo), 0));
 	get(&t);
 	json = parse_object(t.body, realm);
 	token = json_string(json, "token", realm);
@@ -310,15 +311,13 @@ static int names_registry(const char *key)
 	return strlen(ref.registry) == n && !strncmp(host, ref.registry, n);
 }
 
-/* The credentials for the registry in podman's $REGISTRY_AUTH_FILE, else in docker's auth
- * file, where `docker login` keeps them. */
+/* The credentials for the registry in docker's auth file, where `docker login` keeps them. */
 static void load_credentials(void)
 {
-	const char *file = getenv("REGISTRY_AUTH_FILE"), *docker = getenv("DOCKER_CONFIG"), *text;
+	const char *docker = getenv("DOCKER_CONFIG"), *text;
+	const char *file = docker ? xasprintf("%s/config.json", docker)
+	                          : xasprintf("%s/.docker/config.json", getenv("HOME"));
 	const cJSON *auths = NULL, *e;
-	if (!file)
-		file = docker ? xasprintf("%s/config.json", docker)
-		              : xasprintf("%s/.docker/config.json", getenv("HOME"));
 	if ((text = read_fd(open(file, O_RDONLY | O_CLOEXEC), file, MAX_BODY)))
 		auths = json_get(parse_object(text, file), "auths", cJSON_IsObject, "an object",
 		                 file);
@@ -367,17 +366,16 @@ static void write_config(cJSON *json, const char *what, const char *full_name)
 	cJSON *config = cJSON_DetachItemFromObjectCaseSensitive(json, "config");
 	if (!cJSON_IsObject(config))
 		config = cJSON_CreateObject();
-	while ((v = cJSON_DetachItemFromObjectCaseSensitive(config, "net")) ||
-	       (v = cJSON_DetachItemFromObjectCaseSensitive(config, "rw")))
-		warnx("%s: image config sets \"%s\": dropped, only the user can grant it", what,
-		      v->string);
+	/* only the user can grant them; each may be there more than once */
+	while (cJSON_DetachItemFromObjectCaseSensitive(config, "net") ||
+	       cJSON_DetachItemFromObjectCaseSensitive(config, "rw"))
+		continue;
 	volumes = cJSON_GetObjectItemCaseSensitive(config, "Volumes");
 	for (v = cJSON_IsObject(volumes) ? volumes->child : NULL; v; v = next) {
 		next = v->next;
 		if (v->string[0] == '/' && !strchr(v->string, ':'))
 			continue;
-		warnx("%s: image volume \"%s\" dropped: not a path of the image's own", what,
-		      v->string);
+		warnx("%s: image volume \"%s\" dropped: not an image path", what, v->string);
 		cJSON_Delete(cJSON_DetachItemViaPointer(volumes, v));
 	}
 	write_file(out_fd, "config.json", O_CREAT | O_EXCL, xasprintf("%s\n", cJSON_Print(config)));
@@ -388,7 +386,7 @@ static void write_config(cJSON *json, const char *what, const char *full_name)
 /* rm -rf by fds, never following a symlink; nothing there, or a file as a parent, is no error */
 static void remove_tree(int dirfd, const char *name)
 {
-	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int fd = openat(dirfd, name, OPEN_DIR);
 	DIR *d = fd < 0 ? NULL : fdopendir(fd);
 	struct dirent *de;
 	while (d && (de = readdir(d)))
@@ -544,7 +542,8 @@ static void extract_layer(int fd)
 }
 
 /* A layer in the cache, or -1 when it is not there. Its name is trusted as its hash: a symlink,
- * anything but a regular file, or a file of another user's is an error. */
+ * anything but a regular file, or a file of another user's (planted while the cache was open to
+ * others) is an error. */
 static int open_cached(const char *digest)
 {
 	int fd = openat(cache_fd, digest, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -558,14 +557,24 @@ static int open_cached(const char *digest)
 	return fd;
 }
 
-/* Waits for the extractor; it has said what went wrong, unless it was killed. */
+/* fork(), with a child that dies with us, even if we died already */
+static pid_t fork_child(void)
+{
+	pid_t parent = getpid(), pid = fork();
+	if (pid < 0)
+		err(1, "fork");
+	if (!pid && (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent))
+		_exit(1);
+	return pid;
+}
+
+/* Waits for the extractor. When it failed, it said why; when it was killed, we exit as a shell
+ * would report it (137 for SIGKILL). */
 static void wait_extractor(void)
 {
 	int status;
-	if (extractor && (waitpid(extractor, &status, 0) < 0 || !WIFEXITED(status)))
-		errx(1, "%s: unpacking failed", out_dir);
-	if (extractor && WEXITSTATUS(status))
-		exit(1);
+	if (extractor && (waitpid(extractor, &status, 0) < 0 || status))
+		exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1);
 	extractor = 0;
 }
 
@@ -577,13 +586,9 @@ static void start_extractor(const char *digest)
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
 	int fd;
 	wait_extractor();
-	if ((extractor = fork()) < 0)
-		err(1, "fork");
-	if (extractor)
+	if ((extractor = fork_child()))
 		return;
 	program_invocation_short_name = xasprintf("d-pull: %s", digest);
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
-		_exit(1);
 	if (rootless && unshare(CLONE_NEWUSER))
 		err(1, "unshare a user namespace");
 	if (rootless) {
@@ -629,8 +634,7 @@ static void open_cache(void)
 	    fstat(cache_fd, &st))
 		err(1, "%s", cache_path);
 	if (st.st_uid != geteuid() || st.st_mode & 022)
-		errx(1, "%s: owned by another user, or writable by others: not a cache to trust",
-		     cache_path);
+		errx(1, "%s: another user's, or writable by others: not trusted", cache_path);
 }
 
 /* After the pull, which touched what it used: drops what went unused 30 days. */
@@ -647,37 +651,68 @@ static void prune_cache(void)
 			warn("prune %s/%s", cache_path, de->d_name);
 }
 
-/* At an exit before the end: stop the extractor, remove the partial DIR. */
-static void cleanup(void)
+/* Makes DIR, then runs the pull in a child. We wait for its end, or for SIGINT, SIGTERM or
+ * SIGHUP (unless our caller ignores them, as nohup does): then we kill it. Its extractor dies
+ * with it; the pipe's end they hold closes when both are gone, and nothing writes in DIR any
+ * more. We remove the partial DIR unless the pull succeeded, and exit as a shell would report
+ * the child, or 128 and the signal that came. */
+static void supervise(void)
 {
-	if (done || getpid() != parent)
+	static const int signals[] = { SIGINT, SIGTERM, SIGHUP, SIGCHLD };
+	int sig, status, alive[2];
+	struct sigaction old;
+	sigset_t set;
+	pid_t pid;
+	char c;
+	signal(SIGCHLD, SIG_DFL); /* ignored, the kernel would reap the child for us */
+	sigemptyset(&set);
+	for (size_t i = 0; i < sizeof(signals) / sizeof(*signals); i++)
+		if (sigaction(signals[i], NULL, &old) || old.sa_handler != SIG_IGN)
+			sigaddset(&set, signals[i]);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) || pipe2(alive, O_CLOEXEC))
+		err(1, "signals");
+	/* the caller's alone: a run as root in it can leave setuid files (dpkg, with d-run's
+	 * filter), which must not be another user's way to become the caller */
+	if (mkdirat(parent_fd, out_name, 0700))
+		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
+	/* the child keeps them blocked: they are ours to act on */
+	if (!(pid = fork_child()))
 		return;
-	if (extractor > 0 && !kill(extractor, SIGKILL))
-		waitpid(extractor, NULL, 0);
-	remove_tree(parent_fd, out_name);
+	close(alive[1]);
+	/* a SIGCHLD may also be the child stopping (Ctrl-Z), or another child's end */
+	do
+		sigwait(&set, &sig); /* fails only for an invalid set */
+	while (sig == SIGCHLD && !waitpid(pid, &status, WNOHANG));
+	if (sig != SIGCHLD && !kill(pid, SIGKILL))
+		waitpid(pid, &status, 0);
+	read(alive[0], &c, 1); /* 0, at the end of the child and its extractor */
+	if (sig != SIGCHLD || status)
+		remove_tree(parent_fd, out_name);
+	if (sig != SIGCHLD)
+		exit(128 + sig);
+	exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
 /* The layers of an image manifest, and its config's digest */
 static const char *read_manifest(const cJSON *manifest)
 {
 	const cJSON *config = cJSON_GetObjectItemCaseSensitive(manifest, "config");
-	const cJSON *list = cJSON_GetObjectItemCaseSensitive(manifest, "layers"), *layer, *size;
+	const cJSON *list = cJSON_GetObjectItemCaseSensitive(manifest, "layers"), *layer;
 	const char *digest = json_string(config, "digest", "manifest");
 	struct transfer *t;
 	if (!valid_digest(digest) || !cJSON_IsArray(list))
 		errx(1, "%s: unsupported manifest (schema 1?): no config digest or layers", image);
 	layers = xrealloc(NULL, cJSON_GetArraySize(list) * sizeof(*layers));
 	cJSON_ArrayForEach(layer, list) {
+		/* NAN if not a number, which fails every comparison */
+		double size = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(layer, "size"));
 		t = &layers[nlayers++];
 		*t = (struct transfer){ .layer = 1 };
-		size = cJSON_GetObjectItemCaseSensitive(layer, "size");
 		/* in range before the cast, which would be undefined out of it; 10 TB is far above
 		 * any real layer, and exact as a double */
-		if (!cJSON_IsNumber(size) ||
-		    !(size->valuedouble >= 0 && size->valuedouble <= 1e13) ||
-		    (curl_off_t)size->valuedouble != size->valuedouble)
+		if (!(size >= 0 && size <= 1e13 && size == (curl_off_t)size))
 			errx(1, "%s: manifest: a layer size is not a whole number of bytes", image);
-		t->size = size->valuedouble;
+		t->size = size;
 		if (!valid_digest(json_string(layer, "digest", "manifest")))
 			errx(1, "%s: manifest: invalid layer digest", image);
 		strcpy(t->digest, json_string(layer, "digest", "manifest"));
@@ -688,7 +723,7 @@ static const char *read_manifest(const cJSON *manifest)
 
 static void pull(void)
 {
-	char digest[DIGEST_LEN + 1], *full_name;
+	char digest[DIGEST_LEN + 1], *pinned;
 	const char *reference = ref.digest ? ref.digest : ref.tag, *config;
 	cJSON *manifest;
 	base_url = xasprintf("https://%s/v2/%s", ref.host, ref.repo);
@@ -701,16 +736,13 @@ static void pull(void)
 		manifest = registry_get(xasprintf("manifests/%s", reference), reference, NULL);
 	}
 	config = read_manifest(manifest);
-	full_name =
-	        xasprintf("%s%s%s@%s", image, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
+	pinned = xasprintf("%s%s%s@%s", image, ref.tag ? ":" : "", ref.tag ? ref.tag : "", digest);
 	if (!quiet)
-		warnx("pulling %s into %s", full_name, out_dir);
-	if (mkdirat(out_fd, "rootfs", 0755) ||
-	    (rootfs_fd =
-	             openat(out_fd, "rootfs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		warnx("pulling %s into %s", pinned, out_dir);
+	if (mkdirat(out_fd, "rootfs", 0755) || (rootfs_fd = openat(out_fd, "rootfs", OPEN_DIR)) < 0)
 		err(1, "%s/rootfs", out_dir);
 	fetch_layers();
-	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, full_name);
+	write_config(registry_get(xasprintf("blobs/%s", config), config, NULL), config, pinned);
 }
 
 int main(int argc, char **argv)
@@ -738,20 +770,13 @@ int main(int argc, char **argv)
 	if ((parent_fd =
 	             open(dirname(xasprintf("%s", out_dir)), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
 		err(1, "%s", out_dir);
-	/* the caller's alone: a run as root in it can leave setuid files (dpkg, with d-run's
-	 * filter), which must not be another user's way to become the caller */
-	if (mkdirat(parent_fd, out_name, 0700))
-		errx(1, "%s: %s", out_dir, errno == EEXIST ? "already exists" : strerror(errno));
-	parent = getpid();
-	atexit(cleanup);
-	if ((out_fd = openat(parent_fd, out_name,
-	                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+	supervise();
+	if ((out_fd = openat(parent_fd, out_name, OPEN_DIR)) < 0)
 		err(1, "%s", out_dir);
 	open_cache();
 	load_credentials();
 	pull();
 	prune_cache();
-	done = 1;
 	if (!quiet)
 		warnx("pulled into %s", out_dir);
 	return 0;

@@ -89,11 +89,10 @@ static const char *mount_point(int root, const char *path, int file)
 		end += strcspn(end, "/");
 		c = *end;
 		*end = '\0';
-		/* made in its parent, found inside root, if missing; what is there stays */
+		/* made in its parent, found inside root, if missing; what is there stays, and is
+		 * not opened: mknodat() follows no symlink and fails on any name that exists */
 		if (!c && file)
-			close(openat(fd, name,
-			             O_CREAT | O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
-			             0644));
+			mknodat(fd, name, S_IFREG | 0644, 0);
 		else
 			mkdirat(fd, name, 0755);
 		/* in DIR/volumes, a link a run left (x -> /) must not make DIR a volume */
@@ -137,15 +136,10 @@ static void add_filter(void)
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
 	/* an architecture the filter does not know is not filtered */
 	int fd, r = !ctx || seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
-	if (!r && seccomp_arch_native() == SCMP_ARCH_X86_64)
-		r = seccomp_arch_add(ctx, SCMP_ARCH_X86);
+	/* for an i386 image on x86_64; elsewhere useless, or refused (EEXIST) where native */
+	seccomp_arch_add(ctx, SCMP_ARCH_X86);
 	for (name = strtok_r(names, " ", &save); !r && name; name = strtok_r(NULL, " ", &save))
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), seccomp_syscall_resolve_name(name), 0);
-	/* device nodes: S_IFCHR and S_IFBLK have this bit, a FIFO, a socket or a file has not */
-	r = r || seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), SCMP_SYS(mknod), 1,
-	                          SCMP_A1(SCMP_CMP_MASKED_EQ, S_IFCHR, S_IFCHR));
-	r = r || seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), SCMP_SYS(mknodat), 1,
-	                          SCMP_A2(SCMP_CMP_MASKED_EQ, S_IFCHR, S_IFCHR));
 	if (r || (fd = memfd_create("d-run filter", 0)) < 0 || seccomp_export_bpf(ctx, fd) ||
 	    lseek(fd, 0, SEEK_SET))
 		errx(1, "cannot make the seccomp filter");
@@ -157,13 +151,13 @@ static void add_filter(void)
  * that is not a number: a name that was not found. */
 static const char *add_user(const char *spec)
 {
-	char *gid = xasprintf("%s", spec), *user = strsep(&gid, ":"), *f[7], *line, *save = NULL;
+	char *gid = xasprintf("%s", spec), *user = strsep(&gid, ":"), *f[7], *line;
 	/* O_NONBLOCK: a FIFO must not hang us */
 	char *text = read_fd(open_in_sandbox("/etc/passwd", O_RDONLY | O_NONBLOCK), "/etc/passwd",
 	                     MAX_FILE);
 	const char *uid = user, *home = "/";
-	for (line = text ? strtok_r(text, "\n", &save) : NULL; line;
-	     line = strtok_r(NULL, "\n", &save)) {
+	/* an empty line, or one of fewer than 7 fields, leaves f[6] NULL */
+	while ((line = strsep(&text, "\n"))) {
 		for (int i = 0; i < 7; i++)
 			f[i] = strsep(&line, ":");
 		/* a number is a uid, as in docker: never a name, which an image may make "1000" */
@@ -312,7 +306,6 @@ static void add_process(const cJSON *config, int argc, char **argv)
 		add_env("TERM", 1);
 	add_strings(config, "Env", 1);
 	add_strings(opts, "Env", 2);
-	json_get(config, "Cmd", cJSON_IsArray, "a list of strings", conf_name);
 	add("--", NULL);
 	command = nargs;
 	add_strings(config, "Entrypoint", 0);

@@ -6,7 +6,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-plan 118
+plan 116
 
 WHO=(as_root as_user)
 # Unprivileged, d-pull unpacks in a user namespace. Where as_user cannot make one, the tests of
@@ -302,16 +302,15 @@ done
 dp "$U" "$REG_TLS/hostile-config" hostile
 is "hostile-config: net, rw and the host volume dropped, /ok kept" \
 	"$? $(jq -c '[has("net"), has("rw"), (.Volumes | keys)]' "$u/hostile/config.json")" '0 [false,false,["/ok"]]'
-like "hostile-config: a warning names what was dropped" "$(err)" '"?net"?.*"?rw"?.*/etc/shadow-host:/x'
+like "hostile-config: a warning names the host volume dropped (net and rw go silently)" "$(err)" '/etc/shadow-host:/x'
 for who in "${WHO[@]}"; do
 	if ! usable "$who"; then
-		skip_n 2 "$who: \"net\" and \"rw\" each twice in the config object" "$NO_USERNS"
+		skip "$who: \"net\" and \"rw\" each twice in the config object" "$NO_USERNS"
 		continue
 	fi
 	dp "$who" "$REG_TLS/dupkeys" dupkeys
 	is "$who: \"net\" and \"rw\" each twice in the config object: config.json has none of them" \
 		"$? $(grep -cE '"(net|rw)"' "$(user_home "$who")/dupkeys/config.json")" "0 0"
-	like "$who:   ... and a warning names both" "$(err)" '"net".*"rw"|"rw".*"net"'
 done
 dp "$U" -q "$REG_TLS/full" full
 is "full: User, Entrypoint, Cmd, WorkingDir, Volumes, Hostname kept" \
@@ -319,9 +318,8 @@ is "full: User, Entrypoint, Cmd, WorkingDir, Volumes, Hostname kept" \
 	'0 ["user",["/bin/echo","entry"],["cmd"],"/home/user/work",{"/data":{}},"fixturehost"]'
 
 # --- transport -----------------------------------------------------------------------------
-dp "$U" -q "$REG_HTTP/busybox" http
-is "a plain-HTTP loopback registry: https first, then http" "$? $(line1 http)" \
-	"0 $REG_HTTP/busybox:latest@$BUSYBOX"
+is "a plain-HTTP loopback registry: HTTPS only, one line naming the registry's URL and SSL, no DIR" \
+	"$(expect_failure "$U" http "https://$REG_HTTP/v2/busybox/.*SSL" "$DPULL" -q "$REG_HTTP/busybox" http)" ""
 run "$U" env -u CURL_CA_BUNDLE "$DPULL" -q "$REG_TLS/busybox" ca-ssl
 is "SSL_CERT_FILE alone names the CA" "$? $(line1 ca-ssl)" "0 $REG_TLS/busybox:latest@$BUSYBOX"
 run "$U" env -u SSL_CERT_FILE "$DPULL" -q "$REG_TLS/busybox" ca-curl
@@ -360,9 +358,10 @@ is "credentials from \$DOCKER_CONFIG/config.json" "$? $(tail -1 "$TOKEN_LOG")" \
 	"0 alice repository:private/busybox:pull"
 auth_json "$T/auth/podman.json" "$REG_TOKEN" alice:secret
 run "$U" env REGISTRY_AUTH_FILE="$T/auth/podman.json" "$DPULL" -q "$REG_TOKEN/private/busybox" priv-raf
-is "credentials from \$REGISTRY_AUTH_FILE" "$? $(tail -1 "$TOKEN_LOG")" "0 alice repository:private/busybox:pull"
+is "podman's \$REGISTRY_AUTH_FILE is not read: an anonymous token, refused" "$? $(tail -1 "$TOKEN_LOG")" \
+	"1 anonymous repository:private/busybox:pull"
 auth_json "$T/auth/run/containers/auth.json" "$REG_TOKEN" alice:secret
-# podman's default file is not read (REGISTRY_AUTH_FILE names it): an anonymous token, refused
+# nor is podman's default file: an anonymous token, refused
 run "$U" env XDG_RUNTIME_DIR="$T/auth/run" "$DPULL" -q "$REG_TOKEN/private/busybox" priv-xdg
 is "\$XDG_RUNTIME_DIR/containers/auth.json is not read" "$? $(tail -1 "$TOKEN_LOG")" \
 	"1 anonymous repository:private/busybox:pull"
@@ -410,19 +409,19 @@ auth_json "$T/auth/basic/config.json" "$REG_BASIC" alice:secret
 run "$U" env DOCKER_CONFIG="$T/auth/basic" "$DPULL" -q "$REG_BASIC/busybox" basic
 is "Basic challenge: the saved credentials pull" "$? $(line1 basic)" "0 $REG_BASIC/busybox:latest@$BUSYBOX"
 
-# --- cache: reuse, XDG_CACHE_HOME, pruning (the http registry's storage is changed) ---------
+# --- cache: reuse, XDG_CACHE_HOME, pruning (the tls registry's storage is changed, then restored) ---------
 c=$u/xdg
-LAYER_FILE=$(blob_path "$REG_STORAGE_HTTP" "$BUSYBOX_LAYER")
-run "$U" env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" cache1
+LAYER_FILE=$(blob_path "$REG_STORAGE_TLS" "$BUSYBOX_LAYER")
+run "$U" env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_TLS/busybox" cache1
 is "XDG_CACHE_HOME: the layer is cached in \$XDG_CACHE_HOME/d-utils" "$? $(cache_list "$c/d-utils")" \
 	"0 $BUSYBOX_LAYER "
 mv "$LAYER_FILE" "$T/layer.saved"
-run "$U" env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" cache2
+run "$U" env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_TLS/busybox" cache2
 is "a cached layer is not downloaded again (the registry has lost it)" \
 	"$? $(sha256sum <"$u/cache2/rootfs/bin/busybox" 2>/dev/null)" "0 $BUSYBOX_SUM"
 is "  ... while a pull with an empty cache fails: HTTP 404, no DIR, no temp file" \
 	"$(expect_failure "$U" cache3 'HTTP 404' env XDG_CACHE_HOME="$u/xdg-empty" \
-		"$DPULL" -q "$REG_HTTP/busybox" cache3)" ""
+		"$DPULL" -q "$REG_TLS/busybox" cache3)" ""
 mv "$T/layer.saved" "$LAYER_FILE"
 
 fake=$c/d-utils/sha256:$(printf '0%.0s' {1..64})
@@ -430,20 +429,20 @@ young=$c/d-utils/sha256:$(printf '1%.0s' {1..64})
 touch -d '40 days ago' "$fake" "$c/d-utils/$BUSYBOX_LAYER"
 touch -d '20 days ago' "$young"
 chown --reference="$u" "$fake" "$young"
-run "$U" env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" cache4
+run "$U" env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_TLS/busybox" cache4
 is "prune: a file unused for 40 days is deleted, one of 20 days is kept" \
 	"$? $([ -e "$fake" ] && echo fake) $([ -e "$young" ] && echo young)" "0  young"
 is "prune: a used layer is touched, not pruned" \
 	"$(find "$c/d-utils/$BUSYBOX_LAYER" -mmin -60 2>/dev/null | wc -l)" 1
 
 # --- verification: corrupted blobs in the registry's storage -----------------------------------
-CONFIG=$(inspect_raw "$REG_HTTP" busybox | jq -r .config.digest)
-CONFIG_FILE=$(blob_path "$REG_STORAGE_HTTP" "$CONFIG")
+CONFIG=$(inspect_raw "$REG_TLS" busybox | jq -r .config.digest)
+CONFIG_FILE=$(blob_path "$REG_STORAGE_TLS" "$CONFIG")
 cp "$CONFIG_FILE" "$T/config.saved"
 printf X | dd of="$CONFIG_FILE" bs=1 seek=10 conv=notrunc 2>/dev/null
 is "a corrupted config blob: digest mismatch, exit 1, no DIR" \
 	"$(expect_failure "$U" corrupt-config "$CONFIG: digest mismatch" \
-		env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_HTTP/busybox" corrupt-config)" ""
+		env XDG_CACHE_HOME="$c" "$DPULL" -q "$REG_TLS/busybox" corrupt-config)" ""
 cp "$T/config.saved" "$CONFIG_FILE"
 
 cp "$LAYER_FILE" "$T/layer.saved"
@@ -456,13 +455,13 @@ for who in "${WHO[@]}"; do
 	home=$(user_home "$who")
 	is "$who: a corrupted layer: digest mismatch naming it, exit 1, no DIR, no temp file" \
 		"$(expect_failure "$who" corrupt "$BUSYBOX_LAYER: digest mismatch" \
-			env XDG_CACHE_HOME="$home/corrupt-cache" "$DPULL" -q "$REG_HTTP/busybox" corrupt)" ""
+			env XDG_CACHE_HOME="$home/corrupt-cache" "$DPULL" -q "$REG_TLS/busybox" corrupt)" ""
 	is "$who:   ... and the cache has no file of that digest" "$(cache_list "$home/corrupt-cache/d-utils")" ""
 done
 head -c 500000 "$T/layer.saved" >"$LAYER_FILE"
 is "a truncated layer: digest mismatch, no DIR, nothing cached" \
 	"$(expect_failure "$U" truncated "$BUSYBOX_LAYER: digest mismatch" \
-		env XDG_CACHE_HOME="$u/truncated-cache" "$DPULL" -q "$REG_HTTP/busybox" truncated) $(cache_list "$u/truncated-cache/d-utils")" " "
+		env XDG_CACHE_HOME="$u/truncated-cache" "$DPULL" -q "$REG_TLS/busybox" truncated) $(cache_list "$u/truncated-cache/d-utils")" " "
 cp "$T/layer.saved" "$LAYER_FILE"
 
 # --- two pulls at once, killed pulls ---------------------------------------------------------

@@ -32,13 +32,13 @@ ok "umoci unpack of gopax (PAX records with Latin-1 bytes, as Go writes them) ke
 
 push_images() {
 	local image
-	start_registry http || return 1
+	start_registry tls || return 1
 	for image in main nfd gopax; do
-		skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$T/img/$image:latest" \
-			"docker://$REG_HTTP/names-$image:latest" </dev/null || return 1
+		skopeo copy -q --preserve-digests --dest-cert-dir "$T/ca/certdir" "oci:$T/img/$image:latest" \
+			"docker://$REG_TLS/names-$image:latest" </dev/null || return 1
 	done
 }
-REG_HTTP=127.0.0.1:1
+REG_TLS=127.0.0.1:1
 ok "start a registry and push the three images" push_images
 
 # --- the caller's locales ----------------------------------------------------------------------
@@ -84,7 +84,7 @@ pull_names() {
 		echo "the locale is not in effect: locale charmap says $charmap, want ${CHARMAP[$loc]}"
 		return 1
 	fi
-	(cd "$home" && in_locale "$loc" "$who" "$DPULL" -q "$REG_HTTP/names-$image" "$dir") \
+	(cd "$home" && in_locale "$loc" "$who" "$DPULL" -q "$REG_TLS/names-$image" "$dir") \
 		>"$T/out" 2>"$T/err"
 	local st=$?
 	if [ "$st" -ne 0 ] || [ -s "$T/err" ]; then

@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 SUITE_TESTS=115
-plan $((2 * SUITE_TESTS + 18))
+plan $((2 * SUITE_TESTS + 17))
 
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -398,7 +398,6 @@ bad "no config.json" - 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad "malformed config.json" '{"Cmd": ["sh"' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad "config.json not an object" '["sh"]' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"Cmd": "x"' '{"Cmd": "x"}' 1 "${MARK[@]}" "$H/bad"
-bad '"Cmd": "x" even when CMD replaces it' '{"Cmd": "x"}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"net": "yes"' '{"net": "yes"}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"rw": 1' '{"rw": 1}' 1 "${MARK[@]}" "$H/bad" touch /m/x
 bad '"Env": [1]' '{"Env": [1]}' 1 "${MARK[@]}" "$H/bad" touch /m/x

@@ -1,26 +1,54 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# Faults of the network, the registry and the machine, as root and unprivileged: what d-pull
-# does today when they happen (start(), must_retry() and get() in d-pull.c).
+# Faults of the network, the registry and the machine, and interruptions, as root and
+# unprivileged: what d-pull does when they happen (start(), must_retry(), get() and supervise()
+# in d-pull.c).
 #  1  500, 502 and 503 on a blob, then its bytes: retried, pulled, only verified blobs cached
 #  1b an error answer with a body longer than the layer (a 503 page, the registry's 401 when a
 #     token expires): the status counts, not the body: retried, pulled; a 404 says 404
+#  1c 429 with Retry-After: 1, once: waited for, retried, pulled; 429 without Retry-After, once:
+#     retried as a 5xx; 429 with Retry-After: 3600 (Docker Hub's rate limit, with its
+#     ratelimit-limit header, and without): one GET, one line naming HTTP 429, the rate limit,
+#     the wait and docker login, no DIR, nothing cached
 #  2  500 on a blob forever: 4 tries, then one line naming the status, no DIR, nothing cached
-#  3  a connection cut in the middle of a layer, once: retried (from byte 0), pulled
+#  3  a connection cut in the middle of a layer, once: resumed where it broke (the second GET
+#     asks for Range: bytes=300000-, the registry answers 206 through the proxy), pulled
+#  3b the same cut, then a server that ignores Range (the whole blob, 200): one line, exit 1,
+#     no DIR, nothing cached
+#  3c the same cut, then the rest (206) with a byte inverted: the digest is over the whole
+#     blob: digest mismatch, no DIR, nothing cached
 #  4  a connection that stalls in a layer, once: given up after the low-speed limit (1 KB/s for
-#     30 s), retried, pulled
+#     30 s), resumed where it stopped (Range), pulled
 #  5  a blob redirected to another server: pulled, and the Authorization header (a Bearer token
 #     of the token registry) went to the registry only
 #  6  a redirect loop, a redirect to file:/// or ftp://: one line, no DIR, nothing read
 #  7  an HTML error page with status 200 as a blob: digest mismatch, nothing cached
 #  8  nobody listening: curl's "Couldn't connect to server" after ONE connection attempt
 #  9  a full disk: DIR on a small tmpfs, then the cache on one: one line, no DIR, the cache sound
+#     (the full cache's line is curl's: it names the blob's URL, not the cache)
 # 10  8 pulls of one image into one cache at once, then 8 d-runs of one DIR at once
 # 11  valgrind over a d-pull and a d-run
-# tests/proxy.py sits in front of the registries and breaks their real bytes per rule; its log
-# says what reached it. Nothing here measures time: a command that could hang runs under
-# `timeout` ($D_TEST_HANG_GUARD seconds, default 120, at least 90 for the stall of 4) and its
-# test fails on exit 124. Retries pause 2, 4 and 8 s: cases 1 and 2 take 14 s each.
+# 12  SIGINT, SIGTERM and SIGHUP to d-pull (the process the caller started) during a cold pull
+#     of layers, at moments spread from its start to past its end: exit 0 with the whole tree,
+#     or 128+N with no DIR; the cache sound; nothing of the pull left running (d-pull waited
+#     for its child and the unpacking grandchild); the next pull with that cache gives the
+#     tree. Then surely in the middle (the proxy stalls the second layer, the signal goes once
+#     the stall began): exactly 128+N, no DIR, the first layer alone cached. SIGINT to the
+#     process group, as a terminal's Ctrl-C sends it; SIGINT at the first moment there is a
+#     DIR to remove (strace holds d-pull in the mkdirat that made it).
+#     A signal the caller ignores (env --ignore-signal=HUP, as nohup) stays ignored, and a
+#     child stopped and continued (Ctrl-Z, fg) goes on: both pulls complete.
+#     (bash starts a script's background jobs with SIGINT ignored: the pulls here get it back
+#     with env --default-signal=INT, as an interactive shell's jobs have it.)
+# 13  SIGKILL to d-pull in the middle: nothing can catch it, so DIR stays, but its child dies
+#     with it; the next pull works; a pull into the DIR left is refused (already exists), and
+#     that DIR stays as it was: d-pull removes only what it made in that run
+# tests/proxy.py sits in front of the registries and breaks their real bytes per rule; its logs
+# say what reached it and what it answered. Nothing here measures time: a command that could
+# hang runs under `timeout` ($D_TEST_HANG_GUARD seconds, default 120, at least 90 for the
+# stall of 4), or against a stall of that length, and its test fails then. The delays of 12
+# only spread the moments: what is asserted holds wherever the signal lands. Retries pause 2,
+# 4 and 8 s: cases 1 and 2 take 14 s each.
 # shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
@@ -30,14 +58,16 @@ NW=${#WHO[@]}
 GUARD=${D_TEST_HANG_GUARD:-120}
 STALL_GUARD=$((GUARD > 90 ? GUARD : 90))
 MANY=8
-# set-up; per user: reference, 1, 1b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
-plan $((4 + NW * (1 + 3 + 4 + 3 + 3 + 3 + 3 + 6 + 2 + 2 + 5 + 4 + 2)))
+SIGNALS=(INT TERM HUP)
+DELAYS=(0.05 0.15 0.3 0.5)
+# set-up; per user: reference, 1, 1b, 1c, 2, 3, 3b, 3c, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13
+plan $((4 + NW * (1 + 3 + 4 + 6 + 3 + 4 + 2 + 2 + 4 + 3 + 6 + 2 + 2 + 5 + 4 + 2 + 4 * ${#SIGNALS[@]} + 4 + 2 + 5)))
 
 # --- helpers (run, expect_failure, start_proxy... are lib.sh's) ----------------------------
 
 # front NAME RULE...: a proxy of the tls registry with these rules (JSON), of this test and
-# user alone (the rules' counters and the log start afresh); sets P (its 127.0.0.1:PORT, port
-# 1 where nothing listens if it did not start) and LOG
+# user alone (the rules' counters and the logs start afresh); sets P (its 127.0.0.1:PORT, port
+# 1 where nothing listens if it did not start), LOG and ANS (its logs of requests and answers)
 front() {
 	local name=$1 rule args=()
 	shift
@@ -47,6 +77,7 @@ front() {
 	start_proxy "$name" --upstream "https://$REG_TLS" "${args[@]}"
 	P=127.0.0.1:$(cat "$T/proxy-$name/port" 2>/dev/null || echo 1)
 	LOG=$T/proxy-$name/log
+	ANS=$T/proxy-$name/answers
 }
 
 # blob_rule DIGEST OBJECT: a rule for the GETs of that blob; OBJECT (jq) says what it does
@@ -54,6 +85,15 @@ blob_rule() { jq -nc --arg m "/blobs/$1\$" "{method: \"GET\", match: \$m} + ($2)
 
 # gets LOG DIGEST: how many GETs of that blob reached the proxy
 gets() { jq -r 'select(.method == "GET") | .path' "$1" | grep -c "/blobs/$2\$"; }
+
+# answers ANS DIGEST: the proxy's answers to the GETs of that blob, one a line: the Range asked
+# for (- for none), the status, the bytes of the body sent, "cut" if it was, and the answer's
+# Content-Range (- for none)
+answers() {
+	jq -r --arg m "/blobs/$2\$" 'select(.method == "GET" and (.path | test($m))) |
+		"\(.range // "-") \(.status) \(.body)\(if .cut then " cut" else "" end) \(
+		[.headers[] | select(.[0] | ascii_downcase == "content-range") | .[1]][0] // "-")"' "$1"
+}
 
 # tree_sum DIR: a digest of everything in DIR/rootfs (names, types, modes, sizes, link targets,
 # contents) and DIR/config.json
@@ -93,6 +133,82 @@ forget() {
 	rm -rf "$1"
 }
 
+# start_pull WHO CACHE REF DIR [WRAPPER...]: d-pull -q REF DIR as WHO in WHO's home, in the
+# background, stderr in $T/pull.err; sets PULL to its pid: d-pull's own, no shell in between
+# (exec_as), and WRAPPER (setsid) execs it too
+start_pull() {
+	local who=$1 cache=$2 ref=$3 dir=$4
+	shift 4
+	(cd "$(user_home "$who")" && exec_as "$who" "$@" env --default-signal=INT XDG_CACHE_HOME="$cache" \
+		"$DPULL" -q "$ref" "$dir") 2>"$T/pull.err" &
+	PULL=$!
+}
+
+# pids_with WORD: the processes that have WORD as a word of their command line. A pull's DIR
+# (a path under $T: no other run has it) finds d-pull, its child and the unpacking grandchild,
+# which share d-pull's argv.
+pids_with() {
+	local f a args
+	for f in /proc/[0-9]*/cmdline; do
+		mapfile -d '' -t args 2>/dev/null <"$f" || continue
+		for a in "${args[@]}"; do
+			if [ "$a" = "$1" ]; then
+				f=${f#/proc/}
+				echo "${f%/cmdline}"
+				break
+			fi
+		done
+	done
+	return 0
+}
+
+# await_answer ANS DIGEST: until the proxy has answered a GET of that blob (its log ANS says so
+# before the answer goes out), while PULL runs; $GUARD s at most, against hanging
+await_answer() {
+	local i
+	for ((i = 0; i < GUARD * 10; i++)); do
+		grep -q "/blobs/$2\"" "$1" 2>/dev/null && return 0
+		kill -0 "$PULL" 2>/dev/null || return 1
+		sleep 0.1
+	done
+	return 1
+}
+
+# stalled_pull NAME SIG [group]: a cold pull of layers into $H/NAME (cache $H/c-NAME) through a
+# proxy that stalls the second layer in its middle ($GUARD s); once the stall began, SIG to
+# d-pull, or with group to its process group as a terminal sends Ctrl-C (d-pull then leads a
+# session of its own). Sets D and C (DIR and cache), ST (the exit status) and RAN (how many
+# processes of the pull ran when the signal went)
+stalled_pull() {
+	local wrap=()
+	[ "${3:-}" = group ] && wrap=(setsid)
+	front "$1_$me" "$(blob_rule "$L2" "{times: 1, stall_after: $((L2_SIZE / 2)), stall: $GUARD}")"
+	D=$H/$1 C=$H/c-$1 RAN=
+	start_pull "$W" "$C" "$P/layers" "$D" "${wrap[@]}"
+	if ! await_answer "$ANS" "$L2"; then
+		kill -KILL "$PULL" 2>/dev/null
+	elif [ ${#wrap[@]} = 1 ]; then
+		RAN=$(pids_with "$D" | wc -l)
+		kill -s "$2" -- "-$PULL"
+	else
+		RAN=$(pids_with "$D" | wc -l)
+		kill -s "$2" "$PULL"
+	fi
+	wait "$PULL" 2>/dev/null # no "Killed" from bash
+	ST=$?
+}
+
+# after_stalled: the two tests that end every interrupted stalled_pull (its cache is C): the
+# cache holds the first layer alone, and the next pull with it gives the tree
+after_stalled() {
+	is "$me:   ... the cache holds the first layer alone, verified" \
+		"$(cache_list "$C/d-utils")$(cache_check "$C/d-utils")" "$L1 "
+	run "$W" env XDG_CACHE_HOME="$C" timeout "$GUARD" "$DPULL" -q "$REG_TLS/layers" "$D.next"
+	is "$me:   ... the next pull with that cache: exit 0, the tree" \
+		"$? $(layers_tree "$D.next/rootfs" 2>&1)" "0 $LAYERS_TREE" || diag "stderr: $(head -c 500 "$T/err")"
+	forget "$D.next"
+}
+
 # on_tmpfs WHO SIZE CMD...: as run, with a tmpfs of SIZE (WHO's, 0755) at $T/tmpfs, mounted in
 # a mount namespace of its own that goes when CMD has ended: no one else ever sees it. Prints
 # CMD's status, then what is left in the tmpfs, one line.
@@ -123,6 +239,9 @@ ok "push busybox and layers to the tls registry, private/busybox to both" eval '
 LAYER=$(inspect_raw "$REG_TLS" busybox | jq -r '.layers[0].digest')
 LAYERS=$(inspect_raw "$REG_TLS" layers | jq -r '.layers[].digest' | LC_ALL=C sort -u | tr '\n' ' ')
 like "the images are in the registries" "$LAYER $LAYERS" '^sha256:[0-9a-f]{64}( sha256:[0-9a-f]{64}){5} $'
+LAYER_SIZE=$(inspect_raw "$REG_TLS" busybox | jq -r '.layers[0].size')
+# 12, 13: the first two layers of layers in the manifest's order (busybox's, then a small one)
+read -r L1 L2 L2_SIZE < <(inspect_raw "$REG_TLS" layers | jq -r '.layers | "\(.[0].digest) \(.[1].digest) \(.[1].size)"')
 
 # 5: the "CDN" serves the tls registry's private/busybox (the same blobs) to anyone; the front
 # proxy of the token registry redirects every blob there, as Docker Hub does to its CDN
@@ -164,6 +283,9 @@ for W in "${WHO[@]}"; do
 	H=$(user_home "$W")
 	STRACE=1
 	_probe "$W" strace -o /dev/null true || STRACE="strace cannot run here: $PROBE_ERROR"
+	HOLD=$STRACE
+	[ "$HOLD" != 1 ] || _probe "$W" strace -o /dev/null -e trace=mkdirat -e inject=mkdirat:delay_exit=1 true ||
+		HOLD="strace cannot delay a system call here: $PROBE_ERROR"
 
 	# what a pull of busybox gives without faults
 	run "$W" env XDG_CACHE_HOME="$H/c-ref" timeout "$GUARD" "$DPULL" -q "$REG_TLS/busybox" ref
@@ -213,6 +335,32 @@ for W in "${WHO[@]}"; do
 		"$? $(gets "$T/proxy-expired_$me/log" "$SMALL")" "0 2" || diag "stderr: $(head -c 500 "$T/err")"
 	forget "$H/expired"
 
+	# --- 1c: 429 -----------------------------------------------------------------------------
+	front "wait1_$me" "$(blob_rule "$LAYER" '{times: 1, action: "respond", status: 429, headers: {"Retry-After": "1"}}')"
+	run "$W" env XDG_CACHE_HOME="$H/c-wait1" timeout "$GUARD" "$DPULL" -q "$P/busybox" wait1
+	is "$me: 1c: the layer answered 429 with Retry-After: 1, once: waited for, pulled, the same tree (hang guard: timeout ${GUARD}s)" \
+		"$? $(tree_sum "$H/wait1")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
+	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
+	forget "$H/wait1"
+	front "noafter_$me" "$(blob_rule "$LAYER" '{times: 1, action: "respond", status: 429}')"
+	run "$W" env XDG_CACHE_HOME="$H/c-noafter" timeout "$GUARD" "$DPULL" -q "$P/busybox" noafter
+	is "$me:   ... 429 without Retry-After, once: retried as a 5xx, pulled, the layer asked for twice" \
+		"$? $(gets "$LOG" "$LAYER")" "0 2" || diag "stderr: $(head -c 500 "$T/err")"
+	forget "$H/noafter"
+	# Docker Hub's answer when the anonymous pulls of 6 hours are used up
+	front "hub_$me" "$(blob_rule "$LAYER" '{action: "respond", status: 429, headers: {"Retry-After": "3600",
+		"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600", "Content-Type": "application/json"},
+		body: "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"You have reached your pull rate limit.\"}]}"}')"
+	is "$me:   ... 429 with Retry-After: 3600 and Docker Hub's ratelimit headers: exit 1, no DIR, one line: HTTP 429 from URL: rate limit, the wait, docker login" \
+		"$(expect_failure "$W" hub "^d-pull: $P/busybox: HTTP 429 from https://$P/v2/busybox/blobs/$LAYER: rate limit: wait 3600 s, or log in \(docker login\)\$" \
+			env XDG_CACHE_HOME="$H/c-hub" timeout "$GUARD" "$DPULL" -q "$P/busybox" hub)" ""
+	is "$me:   ... the layer asked for once, nothing cached" \
+		"$(gets "$LOG" "$LAYER") $(cache_list "$H/c-hub/d-utils")" "1 "
+	front "toomany_$me" "$(blob_rule "$LAYER" '{action: "respond", status: 429, headers: {"Retry-After": "3600"}}')"
+	is "$me:   ... 429 with Retry-After: 3600 alone: exit 1, no DIR, one line naming HTTP 429, the wait and docker login; asked for once" \
+		"$(expect_failure "$W" toomany "^d-pull: $P/busybox: HTTP 429 from https://$P/v2/busybox/blobs/$LAYER: .*3600 s.*log in \(docker login\)\$" \
+			env XDG_CACHE_HOME="$H/c-toomany" timeout "$GUARD" "$DPULL" -q "$P/busybox" toomany)$(gets "$LOG" "$LAYER")" 1
+
 	# --- 2: 500 forever ---------------------------------------------------------------------
 	front "e500_$me" "$(blob_rule "$LAYER" '{action: "respond", status: 500, body: "oops"}')"
 	is "$me: 2: the layer answers 500 forever: one line naming HTTP 500, exit 1, no DIR (hang guard: timeout ${GUARD}s)" \
@@ -228,9 +376,30 @@ for W in "${WHO[@]}"; do
 	is "$me: 3: the connection drops after 300000 bytes of the layer, once: pulled, the same tree (hang guard: timeout ${GUARD}s)" \
 		"$? $(tree_sum "$H/cut")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
 	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
+	is "$me:   ... the second GET asked for the rest from the byte where the cut was (Range: bytes=300000-), and the registry answered 206 through the proxy" \
+		"$(answers "$ANS" "$LAYER" | tr '\n' '|')" \
+		"- 200 300000 cut -|bytes=300000- 206 $((LAYER_SIZE - 300000)) bytes 300000-$((LAYER_SIZE - 1))/$LAYER_SIZE|"
 	is "$me:   ... the cache holds the layer alone, verified" \
 		"$(cache_list "$H/c-cut/d-utils")$(cache_check "$H/c-cut/d-utils")" "$LAYER "
 	forget "$H/cut"
+
+	# --- 3b: the same cut, then a server that ignores Range -----------------------------------
+	front "norange_$me" "$(blob_rule "$LAYER" '{times: 1, cut_after: 300000}')" "$(blob_rule "$LAYER" '{strip: ["Range"]}')"
+	is "$me: 3b: the same cut, then a server that ignores Range: one line, the range was not served, exit 1, no DIR (hang guard: timeout ${GUARD}s)" \
+		"$(expect_failure "$W" norange "^d-pull: https://$P/v2/busybox/blobs/$LAYER: .*(range was not delivered|support byte ranges)" \
+			env XDG_CACHE_HOME="$H/c-norange" timeout "$GUARD" "$DPULL" -q "$P/busybox" norange)" ""
+	is "$me:   ... the second GET asked for the rest and got the whole layer (200); nothing cached" \
+		"$(answers "$ANS" "$LAYER" | tr '\n' '|')$(cache_list "$H/c-norange/d-utils")" \
+		"- 200 300000 cut -|bytes=300000- 200 $LAYER_SIZE -|"
+
+	# --- 3c: the same cut, then the rest with a byte inverted ---------------------------------
+	front "badrest_$me" "$(blob_rule "$LAYER" '{times: 1, cut_after: 300000}')" "$(blob_rule "$LAYER" '{corrupt_at: 1000}')"
+	is "$me: 3c: the same cut, then the rest (206) with a byte inverted: one line saying digest mismatch, exit 1, no DIR (hang guard: timeout ${GUARD}s)" \
+		"$(expect_failure "$W" badrest "^d-pull: $LAYER: digest mismatch" \
+			env XDG_CACHE_HOME="$H/c-badrest" timeout "$GUARD" "$DPULL" -q "$P/busybox" badrest)" ""
+	is "$me:   ... the second GET asked for the rest and got 206; nothing cached" \
+		"$(answers "$ANS" "$LAYER" | tr '\n' '|')$(cache_list "$H/c-badrest/d-utils")" \
+		"- 200 300000 cut -|bytes=300000- 206 $((LAYER_SIZE - 300000)) bytes 300000-$((LAYER_SIZE - 1))/$LAYER_SIZE|"
 
 	# --- 4: a connection that stalls in a layer, once ----------------------------------------
 	# the stall outlasts the guard: without the low-speed limit the pull would hang into it
@@ -239,6 +408,8 @@ for W in "${WHO[@]}"; do
 	is "$me: 4: the layer stalls after 65536 bytes, once: given up, retried, pulled, the same tree (hang guard: timeout ${STALL_GUARD}s)" \
 		"$? $(tree_sum "$H/stall")" "0 $REF" || diag "stderr: $(head -c 500 "$T/err")"
 	is "$me:   ... the layer was asked for twice" "$(gets "$LOG" "$LAYER")" 2
+	is "$me:   ... the second GET asked for the rest (Range: bytes=65536-), answered 206" \
+		"$(answers "$ANS" "$LAYER" | sed -n 2p)" "bytes=65536- 206 $((LAYER_SIZE - 65536)) bytes 65536-$((LAYER_SIZE - 1))/$LAYER_SIZE"
 	is "$me:   ... the cache holds the layer alone, verified" \
 		"$(cache_list "$H/c-stall/d-utils")$(cache_check "$H/c-stall/d-utils")" "$LAYER "
 	forget "$H/stall"
@@ -315,9 +486,10 @@ for W in "${WHO[@]}"; do
 			"$(cache_list "$H/c-fulldir/d-utils")$(cache_check "$H/c-fulldir/d-utils")" "$LAYER "
 		out=$(on_tmpfs "$W" 1m env XDG_CACHE_HOME="$T/tmpfs/cache" timeout "$GUARD" \
 			"$DPULL" -q "$REG_TLS/busybox" fullcache)
+		# curl's words: the write to the cache is in its callback
 		like "$me:   ... the cache on a 1 MiB tmpfs: exit 1, one line about writing, no DIR (hang guard: timeout ${GUARD}s)" \
 			"exit ${out%% *}, $(wc -l <"$T/err") lines, DIR $([ -e "$H/fullcache" ] && echo left || echo gone): $(err)" \
-			"^exit 1, 1 lines, DIR gone: d-pull: .*([Ww]rit|[Ss]pace)" || diag "stderr: $(head -c 500 "$T/err")"
+			"^exit 1, 1 lines, DIR gone: d-pull: .*: Failed writing received data to disk"
 		is "$me:   ... and nothing half-written in the cache" "${out#* }" "./cache ./cache/d-utils "
 		forget "$H/fullcache"
 	else
@@ -381,5 +553,119 @@ for W in "${WHO[@]}"; do
 		fi
 		forget "$H/vg"
 	fi
+
+	# --- 12: SIGINT, SIGTERM, SIGHUP ---------------------------------------------------------
+	for sig in "${SIGNALS[@]}"; do
+		n=$((128 + $(kill -l "$sig")))
+		out="" interrupted=0
+		for delay in "${DELAYS[@]}"; do
+			d=$H/sig-$sig-$delay c=$H/c-sig-$sig-$delay
+			start_pull "$W" "$c" "$REG_TLS/layers" "$d"
+			sleep "$delay"
+			kill -s "$sig" "$PULL" 2>/dev/null
+			wait "$PULL" 2>/dev/null
+			st=$?
+			if [ "$st" = "$n" ] && [ ! -e "$d" ]; then
+				interrupted=$((interrupted + 1))
+			elif [ "$st" != 0 ] || [ "$(layers_tree "$d/rootfs" 2>&1)" != "$LAYERS_TREE" ]; then
+				out+="after ${delay}s: exit $st, DIR $([ -e "$d" ] && echo left || echo gone): $(head -c 300 "$T/pull.err")"$'\n'
+			fi
+			left=$(pids_with "$d")
+			[ -z "$left" ] || out+="after ${delay}s: still running: pids ${left//$'\n'/ }"$'\n'
+			left=$(cache_check "$c/d-utils")
+			[ -z "$left" ] || out+="after ${delay}s: the cache: $left"$'\n'
+			run "$W" env XDG_CACHE_HOME="$c" timeout "$GUARD" "$DPULL" -q "$REG_TLS/layers" "$d.next"
+			[ "$? $(layers_tree "$d.next/rootfs" 2>&1)" = "0 $LAYERS_TREE" ] ||
+				out+="after ${delay}s: the next pull: $(head -c 300 "$T/err")"$'\n'
+			forget "$d"
+			forget "$d.next"
+		done
+		is "$me: 12: SIG$sig to d-pull ${DELAYS[*]} s into a cold pull of layers: exit 0 with the tree or $n with no DIR, the cache sound, nothing of it left running, the next pull with that cache gives the tree" \
+			"$out" ""
+		diag "$me: SIG$sig: $interrupted of ${#DELAYS[@]} pulls interrupted, the others had ended"
+		stalled_pull "stall_$sig" "$sig"
+		is "$me:   ... SIG$sig while the second layer stalls in its middle: exit $n, no DIR, nothing of it left running (hang guard: a ${GUARD}s stall)" \
+			"$ST $([ -e "$D" ] && echo left || echo gone) $(pids_with "$D" | wc -l)" "$n gone 0" ||
+			diag "stderr: $(head -c 500 "$T/pull.err")"
+		diag "$me: SIG$sig came while ${RAN:-no} processes of the pull ran"
+		after_stalled
+	done
+	stalled_pull ctrl_c INT group
+	is "$me:   ... SIGINT to the process group (Ctrl-C) while the second layer stalls: exit 130, no DIR, nothing of it left running (hang guard: a ${GUARD}s stall)" \
+		"$ST $([ -e "$D" ] && echo left || echo gone) $(pids_with "$D" | wc -l)" "130 gone 0" ||
+		diag "stderr: $(head -c 500 "$T/pull.err")"
+	after_stalled
+	# The first moment there is a DIR to remove: strace holds d-pull in the mkdirat that made it
+	# for 2 s, and SIGINT goes once DIR is there. (What is asserted holds wherever the signal
+	# lands: on a machine too slow for 2 s, it only lands later.)
+	if [ "$HOLD" = 1 ]; then
+		d=$H/made
+		(cd "$H" && exec_as "$W" strace -o /dev/null -e trace=mkdirat -e inject=mkdirat:delay_exit=2000000:when=1 \
+			env --default-signal=INT XDG_CACHE_HOME="$H/c-made" "$DPULL" -q "$REG_TLS/layers" "$d") 2>"$T/pull.err" &
+		PULL=$!
+		for ((i = 0; i < GUARD * 10; i++)); do
+			[ -d "$d" ] && break
+			kill -0 "$PULL" 2>/dev/null || break
+			sleep 0.05
+		done
+		for pid in $(pids_with "$d"); do
+			[ "$(cat "/proc/$pid/comm" 2>/dev/null)" != d-pull ] || kill -INT "$pid"
+		done
+		wait "$PULL" 2>/dev/null
+		is "$me:   ... SIGINT just after d-pull made DIR (strace holds it in that mkdirat): exit 130, no DIR, nothing of it left running" \
+			"$? $([ -e "$d" ] && echo left || echo gone) $(pids_with "$d" | wc -l)" "130 gone 0" ||
+			diag "stderr: $(head -c 500 "$T/pull.err")"
+		forget "$d"
+	else
+		skip "$me:   ... SIGINT just after d-pull made DIR" "$HOLD"
+	fi
+
+	# ignored by the caller, and a stop and continue: the stall (3 s) holds the pull while they
+	# come; both pulls must complete
+	front "nohup_$me" "$(blob_rule "$L2" "{times: 1, stall_after: $((L2_SIZE / 2)), stall: 3}")"
+	start_pull "$W" "$H/c-nohup" "$P/layers" "$H/nohup" env --ignore-signal=HUP
+	await_answer "$ANS" "$L2" && kill -HUP "$PULL"
+	wait "$PULL"
+	is "$me:   ... SIGHUP to a d-pull whose caller ignores it (as nohup does): ignored, exit 0, the tree (hang guard: a 3 s stall)" \
+		"$? $(layers_tree "$H/nohup/rootfs" 2>&1)" "0 $LAYERS_TREE" || diag "stderr: $(head -c 500 "$T/pull.err")"
+	forget "$H/nohup"
+	front "stop_$me" "$(blob_rule "$L2" "{times: 1, stall_after: $((L2_SIZE / 2)), stall: 3}")"
+	start_pull "$W" "$H/c-stop" "$P/layers" "$H/stop"
+	if await_answer "$ANS" "$L2"; then
+		for pid in $(pids_with "$H/stop"); do
+			kill -STOP "$pid"
+		done
+		for pid in $(pids_with "$H/stop"); do
+			kill -CONT "$pid"
+		done
+	fi
+	wait "$PULL"
+	is "$me:   ... every process of a pull stopped, then continued (Ctrl-Z, fg): exit 0, the tree (hang guard: a 3 s stall)" \
+		"$? $(layers_tree "$H/stop/rootfs" 2>&1)" "0 $LAYERS_TREE" || diag "stderr: $(head -c 500 "$T/pull.err")"
+	forget "$H/stop"
+
+	# --- 13: SIGKILL ------------------------------------------------------------------------------
+	stalled_pull killed KILL
+	is "$me: 13: SIGKILL to d-pull while the second layer stalls: killed (137), the partial DIR stays (hang guard: a ${GUARD}s stall)" \
+		"$ST $([ -d "$D/rootfs" ] && echo left || echo gone)" "137 left"
+	# its child gets SIGKILL as d-pull dies (PR_SET_PDEATHSIG): wait until it is gone
+	for ((i = 0; i < GUARD * 10; i++)); do
+		[ -z "$(pids_with "$D")" ] && break
+		sleep 0.1
+	done
+	is "$me:   ... and nothing of the pull keeps running: its child dies with it (hang guard: ${GUARD}s)" \
+		"$(pids_with "$D" | wc -l)" 0
+	is "$me:   ... the cache holds the first layer alone, verified" \
+		"$(cache_list "$C/d-utils")$(cache_check "$C/d-utils")" "$L1 "
+	run "$W" env XDG_CACHE_HOME="$C" timeout "$GUARD" "$DPULL" -q "$REG_TLS/layers" "$D.next"
+	is "$me:   ... the next pull into a new DIR with that cache: exit 0, the tree" \
+		"$? $(layers_tree "$D.next/rootfs" 2>&1)" "0 $LAYERS_TREE" || diag "stderr: $(head -c 500 "$T/err")"
+	before=$(tree_sum "$D")
+	run "$W" env XDG_CACHE_HOME="$C" timeout "$GUARD" "$DPULL" -q "$REG_TLS/layers" "$D"
+	is "$me:   ... a pull into the DIR left: exit 1, one line saying it already exists; that DIR as it was" \
+		"$? $(wc -l <"$T/err") $(err) $([ "$(tree_sum "$D")" = "$before" ] && echo "as it was" || echo changed)" \
+		"1 1 d-pull: $D: already exists as it was"
+	forget "$D"
+	forget "$D.next"
 	forget "$H/ref"
 done

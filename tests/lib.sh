@@ -580,12 +580,13 @@ start_registry() {
 	printf -v "REG_STORAGE_${kind^^}" '%s' "$d/storage"
 }
 
-# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS, log $T/proxy-NAME/log; sets PORT_<NAME>
+# start_proxy NAME PROXY-ARGS...: tests/proxy.py over TLS, its log of the requests
+# $T/proxy-NAME/log, of its answers $T/proxy-NAME/answers; sets PORT_<NAME>
 start_proxy() {
 	local name=$1 d=$T/proxy-$1 i pid
 	shift
 	mkdir -p "$d"
-	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" \
+	"$PYTHON" "$SRC/tests/proxy.py" --port-file "$d/port" --log "$d/log" --answers "$d/answers" \
 		--tls-cert "$T/ca/server.pem" --tls-key "$T/ca/server.key" "$@" </dev/null >"$d/out" 2>&1 &
 	pid=$!
 	SERVER_PIDS+=("$pid")

@@ -3,8 +3,8 @@
 """A fault-injecting HTTP(S) server for the tests: a reverse proxy in front of a real
 registry, or a hostile server of its own, that logs every request with all its headers.
 
-proxy.py --port-file FILE --log FILE [--tls-cert C --tls-key K] [--upstream URL]
-         [--rules FILE] [--rule JSON]...
+proxy.py --port-file FILE --log FILE [--answers FILE] [--tls-cert C --tls-key K]
+         [--upstream URL] [--rules FILE] [--rule JSON]...
 
 Each request takes the first rule that matches it, else the default: forward to
 --upstream (its CA is $SSL_CERT_FILE), or 404 without one. A rule is a JSON object:
@@ -15,18 +15,28 @@ Each request takes the first rule that matches it, else the default: forward to
   times: N             the rule applies to its first N matching requests only
   delay: SECONDS       sleep before acting (a stall)
   action:
-    "forward"  (default) to --upstream; "rewrite": ["REGEX", "REPL"] changes the path
-               first; "cut_after": N sends the headers and N bytes of the body, then
-               drops the connection; "stall_after": N with "stall": SECONDS sleeps in
-               the middle of the body
+    "forward"  (default) to --upstream, with the request's headers (Range too) but for
+               the hop-by-hop ones, and back the upstream's status and headers (a 206
+               with its Content-Range); "rewrite": ["REGEX", "REPL"] changes the path
+               first; "strip": ["NAME"...] request headers not forwarded (a server that
+               ignores Range); "cut_after": N sends the headers and N bytes of the body,
+               then drops the connection; "stall_after": N with "stall": SECONDS sleeps
+               in the middle of the body; "corrupt_at": N inverts the body's byte N
     "respond"  "status" (default 200), "headers" {NAME: VALUE}, "body" (text) or
-               "body_file" (sent as is); "cut_after" and "stall_after" as for "forward"
+               "body_file" (sent as is); "cut_after", "stall_after" and "corrupt_at"
+               as for "forward"
     "redirect" "status" (default 307) with "location"
     "drop"     close the connection without an answer
 
 In every string of a rule, {self} is this server's 127.0.0.1:PORT, {scheme} http or
 https, {path} the request's path. The log is one JSON object a line:
-{"method", "path", "headers": [[NAME, VALUE]...], "rule": INDEX or null}.
+{"method", "path", "headers": [[NAME, VALUE]...], "rule": INDEX or null}, written
+before the rule acts. --answers logs, one JSON object a line, what was answered:
+{"method", "path", "range": the request's Range header or null, "status" (null when
+nothing was: "drop", or the upstream failed), "headers": [[NAME, VALUE]...], "body":
+how many bytes of the body are sent before a cut or a stall, "cut": true or "stall":
+SECONDS when that happens}. It is written before the status line goes out, so a client
+that has seen an answer's end finds it there.
 """
 import argparse
 import http.client
@@ -91,6 +101,7 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(rule.get("delay", 0))
         action = rule.get("action", "forward")
         if action == "drop":
+            self.log_answer(None, [], 0, rule)
             self.close_connection = True
         elif action == "redirect":
             self.answer(rule.get("status", 307), {"Location": rule["location"]}, b"")
@@ -116,13 +127,19 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path
         if "rewrite" in rule:
             path = re.sub(rule["rewrite"][0], rule["rewrite"][1], path)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"host"}}
+        strip = HOP | {"host"} | {h.lower() for h in rule.get("strip", [])}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in strip}
         headers["Host"] = up.netloc
         try:
             conn.request(self.command, path, body=body or None, headers=headers)
             resp = conn.getresponse()
-            data = resp.read()
-        except OSError:
+            try:
+                data = resp.read()
+            except http.client.IncompleteRead as e:
+                # docker-registry 2.8's 416 says Content-Length: SIZE over a short text
+                data = e.partial
+        except (OSError, http.client.HTTPException):
+            self.log_answer(None, [], 0, rule)
             self.close_connection = True  # as the upstream did
             return
         finally:
@@ -136,11 +153,18 @@ class Handler(BaseHTTPRequestHandler):
         """status, headers (a dict or pairs) and data, cut or stalled as the rule says."""
         rule = rule or {}
         headers = list(headers.items() if isinstance(headers, dict) else headers)
+        if "corrupt_at" in rule and rule["corrupt_at"] < len(data):
+            n = rule["corrupt_at"]
+            data = data[:n] + bytes([data[n] ^ 0xFF]) + data[n + 1:]
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            headers.append(("Content-Length", str(len(data))))
+        sent = 0 if self.command == "HEAD" else len(data)
+        for key in "cut_after", "stall_after":
+            sent = min(sent, rule.get(key, sent))
+        self.log_answer(status, headers, sent, rule)
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
-        if not any(k.lower() == "content-length" for k, _ in headers):
-            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -155,6 +179,18 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(rule.get("stall", 0))
             data = data[rule["stall_after"]:]
         self.wfile.write(data)
+
+    def log_answer(self, status, headers, sent, rule):
+        if not self.server.cfg.answers:
+            return
+        entry = {"method": self.command, "path": self.path, "range": self.headers.get("Range"),
+                 "status": status, "headers": headers, "body": sent}
+        if "cut_after" in rule:
+            entry["cut"] = True
+        elif "stall_after" in rule:
+            entry["stall"] = rule.get("stall", 0)
+        with LOCK, open(self.server.cfg.answers, "a") as log:
+            log.write(json.dumps(entry) + "\n")
 
 
 class Server(ThreadingHTTPServer):
@@ -175,6 +211,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port-file", required=True)
     p.add_argument("--log", required=True)
+    p.add_argument("--answers", help="a log of the answers")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--upstream")
@@ -191,7 +228,9 @@ def main():
     if cfg.tls_cert:
         server.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    open(cfg.log, "a").close()
+    for log in cfg.log, cfg.answers:
+        if log:
+            open(log, "a").close()
     with open(cfg.port_file + ".tmp", "w") as f:
         f.write("%d\n" % server.server_address[1])
     # the port file appears whole, once the server listens
