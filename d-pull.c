@@ -154,10 +154,9 @@ static CURL *start(struct transfer *t)
 	/* kept for the transfer's life, and not freed after: a few per pull */
 	struct curl_slist *headers = curl_slist_append(NULL, accept);
 	int fd = -1;
-	if (!t->out && t->layer &&
-	    (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
-		err(1, "%s", cache_path);
 	if (!t->out) {
+		if (t->layer && (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
+			err(1, "%s", cache_path);
 		t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len);
 		t->md = EVP_MD_CTX_new();
 		if (!t->out || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
