@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Helpers shared by d-pull and d-run: allocation, bounded reads, JSON. Errors use err(3). */
-#pragma once
 #include <cjson/cJSON.h>
 #include <err.h>
 #include <errno.h>

@@ -15,6 +15,7 @@
 #include <sched.h>
 #include <search.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -31,6 +32,7 @@ struct transfer {
 	char *url, *body;
 	char digest[DIGEST_LEN + 1]; /* what the body must hash to, or "" */
 	int layer, tries;
+	int tee[2]; /* a layer's: what its extractor reads (its cached file, or a pipe), our end */
 	size_t len;
 	FILE *out;
 	curl_off_t bytes, size; /* size: of a layer, as the manifest says */
@@ -46,7 +48,8 @@ static const char *image, *want, *out_dir; /* image: "registry/repository", for 
 static int parent_fd, out_fd, rootfs_fd;
 static char *out_name;
 static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
-static int cache_fd, quiet, rootless, nlayers;
+/* notes: a memfd, the extractor's stderr, which we show once it is done */
+static int cache_fd, quiet, rootless, nlayers, notes;
 static struct transfer *layers;
 /* In the extractor, a process for each layer: the names the layer wrote, which its whiteouts
  * spare; the directories it makes opaque, as "dir/" ("" for the root); the last one cleared. */
@@ -119,13 +122,12 @@ static void parse_platform(const char *arg)
 /* what a user can do about an HTTP error; wait is its Retry-After */
 static _Noreturn void die_http(const struct transfer *t, curl_off_t wait)
 {
-	const char *advice = "access denied: check the name, or log in (docker login)";
-	if (t->status == 404)
-		advice = "not found: check the name and the tag";
+	const char *advice = "unexpected answer";
+	/* Docker Hub says 401 for a repository that does not exist */
+	if (t->status == 401 || t->status == 403 || t->status == 404)
+		advice = "access denied or not found: check the name and the tag, or log in";
 	else if (t->status == 429)
 		advice = xasprintf("rate limit: wait %ld s, or log in (docker login)", (long)wait);
-	else if (t->status != 401 && t->status != 403)
-		advice = "unexpected answer";
 	errx(1, "%s: HTTP %ld from %s: %s", image, t->status, t->url, advice);
 }
 
@@ -135,6 +137,11 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 	t->bytes += n;
 	if (t->bytes > (t->layer ? t->size : MAX_BODY) || !EVP_DigestUpdate(t->md, data, n))
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
+	/* The extractor unpacks a layer as it comes, into DIR alone, and the pull fails if the
+	 * digest does not match. EPIPE: the extractor failed, and says why once the layer is
+	 * verified (curl ignores SIGPIPE while it runs). */
+	if (t->layer && write(t->tee[1], data, n) < 0 && errno != EPIPE)
+		return 0;
 	return fwrite(data, size, n, t->out);
 }
 
@@ -484,7 +491,6 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 	mode_t perm = archive_entry_perm(e) & ~(S_ISUID | S_ISGID);
 	char *name = entry_name(e), *base = strrchr(name, '/');
 	struct stat st;
-	int r;
 	base = base ? base + 1 : name;
 	if (!strncmp(base, ".wh.", 4)) {
 		apply_whiteout(name, base);
@@ -501,11 +507,8 @@ static void extract_entry(struct archive *in, struct archive *out, struct archiv
 	if (*name && !lstat(name, &st) && !(S_ISDIR(st.st_mode) && type == AE_IFDIR))
 		remove_tree(AT_FDCWD, name);
 	archive_entry_set_pathname(e, *name ? name : ".");
-	r = archive_write_header(out, e);
-	if (r < ARCHIVE_WARN)
+	if (archive_write_header(out, e) < ARCHIVE_WARN)
 		errx(1, "%s: %s", name, archive_error_string(out));
-	if (r == ARCHIVE_WARN)
-		warnx("%s: %s", name, archive_error_string(out));
 	copy_data(in, out, name);
 	tsearch(name, &written, compare);
 }
@@ -526,12 +529,10 @@ static void extract_layer(int fd)
 		errx(1, "%s", archive_error_string(in));
 	/* A name that is not UTF-8 in a PAX record (as Go writes it), or any that is not ASCII,
 	 * fails to convert to the C locale's charset: then libarchive keeps the bytes, as docker
-	 * does. We never set a locale, as in one of UTF-8 it would also rewrite names to NFC. */
-	while ((r = archive_read_next_header(in, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
-		if (r == ARCHIVE_WARN && !strstr(archive_error_string(in), "can't be converted"))
-			warnx("%s", archive_error_string(in));
+	 * does. We never set a locale, as in one of UTF-8 it would also rewrite names to NFC.
+	 * That warning, as any of libarchive's (what it could not restore), is no error. */
+	while ((r = archive_read_next_header(in, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN)
 		extract_entry(in, out, e);
-	}
 	if (r != ARCHIVE_EOF)
 		errx(1, "%s", archive_error_string(in));
 	twalk(opaque, clear_opaque);
@@ -567,27 +568,38 @@ static pid_t fork_child(void)
 	return pid;
 }
 
-/* Waits for the extractor. When it failed, it said why; when it was killed, we exit as a shell
- * would report it (137 for SIGKILL). */
+/* Waits for the extractor, then shows what it said: only now do we know that what it read was
+ * the layer (else the digest check said so, alone). When it failed, it said why; when it was
+ * killed, we exit as a shell would report it (137 for SIGKILL). */
 static void wait_extractor(void)
 {
 	int status;
-	if (extractor && (waitpid(extractor, &status, 0) < 0 || status))
+	if (!extractor)
+		return;
+	if (waitpid(extractor, &status, 0) < 0 || lseek(notes, 0, SEEK_SET))
+		err(1, "extractor");
+	fputs(read_fd(notes, "extractor", MAX_BODY), stderr);
+	if (status)
 		exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1);
 	extractor = 0;
 }
 
-/* Unpacks a cached layer in a child chrooted into the rootfs, while the next one downloads.
- * Unprivileged, a user namespace that maps only ourselves grants the chroot. Its messages
- * start with the layer's digest. */
-static void start_extractor(const char *digest)
+/* Unpacks a layer from tee[0], its file in the cache or a pipe its download goes through, in a
+ * child chrooted into the rootfs. Unprivileged, a user namespace that maps only ourselves grants
+ * the chroot. Its messages start with the layer's digest. */
+static void start_extractor(const struct transfer *t)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
-	int fd;
 	wait_extractor();
-	if ((extractor = fork_child()))
+	if ((notes = memfd_create("extractor", MFD_CLOEXEC)) < 0)
+		err(1, "memfd_create");
+	if ((extractor = fork_child())) {
+		close(t->tee[0]);
 		return;
-	program_invocation_short_name = xasprintf("d-pull: %s", digest);
+	}
+	close(t->tee[1]); /* the pipe's write end is the downloader's: its close ends the layer */
+	dup2(notes, 2);
+	program_invocation_short_name = xasprintf("d-pull: %s", t->digest);
 	if (rootless && unshare(CLONE_NEWUSER))
 		err(1, "unshare a user namespace");
 	if (rootless) {
@@ -595,27 +607,27 @@ static void start_extractor(const char *digest)
 		write_file(AT_FDCWD, "/proc/self/uid_map", 0, uid_map);
 		write_file(AT_FDCWD, "/proc/self/gid_map", 0, gid_map);
 	}
-	/* touched just before, it is there: -1 only if someone removed it, a read error then */
-	fd = open_cached(digest);
 	if (fchdir(rootfs_fd) || chroot("."))
 		err(1, "chroot %s/rootfs", out_dir);
-	extract_layer(fd);
+	extract_layer(t->tee[0]);
 	_exit(0);
 }
 
-/* Downloads the missing layers, the lowest first, each unpacked while the next downloads. A
- * cached one is touched, to keep it 30 days more. */
+/* Unpacks the layers in order: a cached one from its file, touched to keep it 30 days more; a
+ * missing one as it downloads into the cache, through a pipe. */
 static void fetch_layers(void)
 {
-	int fd;
 	for (struct transfer *t = layers; t < layers + nlayers; t++) {
-		if ((fd = open_cached(t->digest)) >= 0 && (futimens(fd, NULL) || close(fd)))
+		if ((t->tee[0] = open_cached(t->digest)) >= 0 && futimens(t->tee[0], NULL))
 			err(1, "%s/%s", cache_path, t->digest);
-		if (fd < 0)
+		if (t->tee[0] < 0 && pipe2(t->tee, O_CLOEXEC))
+			err(1, "pipe");
+		start_extractor(t);
+		if (t->tee[1] >= 0)
 			get(t);
-		if (fd < 0 && !quiet)
+		close(t->tee[1]); /* the end of the layer, for its extractor */
+		if (t->tee[1] >= 0 && !quiet)
 			warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
-		start_extractor(t->digest);
 	}
 	wait_extractor();
 }
@@ -706,7 +718,7 @@ static const char *read_manifest(const cJSON *manifest)
 		/* NAN if not a number, which fails every comparison */
 		double size = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(layer, "size"));
 		t = &layers[nlayers++];
-		*t = (struct transfer){ .layer = 1 };
+		*t = (struct transfer){ .layer = 1, .tee = { -1, -1 } };
 		/* in range before the cast, which would be undefined out of it; 10 TB is far above
 		 * any real layer, and exact as a double */
 		if (!(size >= 0 && size <= 1e13 && size == (curl_off_t)size))
@@ -746,9 +758,7 @@ static void pull(void)
 
 int main(int argc, char **argv)
 {
-	static const struct option options[] = { { "help", no_argument, NULL, 'h' },
-		                                 { "quiet", no_argument, NULL, 'q' },
-		                                 { "platform", required_argument, NULL, 'p' },
+	static const struct option options[] = { { "platform", required_argument, NULL, 'p' },
 		                                 { NULL, 0, NULL, 0 } };
 	const char *platform = NULL;
 	int c;

@@ -51,10 +51,8 @@ static __attribute__((sentinel)) void add(const char *arg, ...)
 /* An entry KEY=VALUE; a KEY alone takes the caller's value, for -e only (the caller is set) */
 static void add_env(const char *entry, int caller)
 {
-	char *key = xasprintf("%s", entry), *value = strchr(key, '=');
-	if (value)
-		*value++ = '\0';
-	else if (caller)
+	char *value = xasprintf("%s", entry), *key = strsep(&value, "=");
+	if (!value && caller)
 		value = getenv(key);
 	if (value)
 		add("--setenv", key, value, NULL);

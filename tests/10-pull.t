@@ -6,7 +6,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-plan 116
+plan 117
 
 WHO=(as_root as_user)
 # Unprivileged, d-pull unpacks in a user namespace. Where as_user cannot make one, the tests of
@@ -453,16 +453,28 @@ for who in "${WHO[@]}"; do
 		continue
 	fi
 	home=$(user_home "$who")
-	is "$who: a corrupted layer: digest mismatch naming it, exit 1, no DIR, no temp file" \
-		"$(expect_failure "$who" corrupt "$BUSYBOX_LAYER: digest mismatch" \
+	is "$who: a corrupted layer: digest mismatch naming it (not the unpacker's complaint), exit 1, no DIR, no temp file" \
+		"$(expect_failure "$who" corrupt "^d-pull: $BUSYBOX_LAYER: digest mismatch" \
 			env XDG_CACHE_HOME="$home/corrupt-cache" "$DPULL" -q "$REG_TLS/busybox" corrupt)" ""
 	is "$who:   ... and the cache has no file of that digest" "$(cache_list "$home/corrupt-cache/d-utils")" ""
 done
 head -c 500000 "$T/layer.saved" >"$LAYER_FILE"
 is "a truncated layer: digest mismatch, no DIR, nothing cached" \
-	"$(expect_failure "$U" truncated "$BUSYBOX_LAYER: digest mismatch" \
+	"$(expect_failure "$U" truncated "^d-pull: $BUSYBOX_LAYER: digest mismatch" \
 		env XDG_CACHE_HOME="$u/truncated-cache" "$DPULL" -q "$REG_TLS/busybox" truncated) $(cache_list "$u/truncated-cache/d-utils")" " "
 cp "$T/layer.saved" "$LAYER_FILE"
+# A layer unpacks as it downloads, before its digest can be checked: corrupted gzip above makes
+# the unpacker fail, whose line must not show; an uncompressed layer with bytes changed inside a
+# file is still a tar, unpacks whole, and only the digest check fails it; DIR, where those bytes
+# went, goes with the pull.
+PLAIN_LAYER=$(inspect_raw "$REG_TLS" plain | jq -r '.layers[].digest')
+PLAIN_FILE=$(blob_path "$REG_STORAGE_TLS" "$PLAIN_LAYER")
+cp "$PLAIN_FILE" "$T/plain.saved"
+printf XXXXXXXX | dd of="$PLAIN_FILE" bs=1 seek=100000 conv=notrunc 2>/dev/null
+is "an uncompressed layer with changed file bytes: unpacked as it came, then digest mismatch, no DIR, nothing cached" \
+	"$(expect_failure "$U" plainbad "^d-pull: $PLAIN_LAYER: digest mismatch" \
+		env XDG_CACHE_HOME="$u/plainbad-cache" "$DPULL" -q "$REG_TLS/plain" plainbad) $(cache_list "$u/plainbad-cache/d-utils")" " "
+cp "$T/plain.saved" "$PLAIN_FILE"
 
 # --- two pulls at once, killed pulls ---------------------------------------------------------
 parallel_round() { # N: two pulls of layers at once into one fresh cache
