@@ -46,8 +46,7 @@ static const char *image, *want, *out_dir; /* image: "registry/repository", for 
 /* DIR is reached through fds once made: whoever else can write in its parent cannot move it,
  * or what it holds, under us. out_name is its name in its parent. */
 static int parent_fd, out_fd, rootfs_fd;
-static char *out_name;
-static char *base_url, *auth, *credentials, *cache_path; /* auth: an Authorization header */
+static char *out_name, *base_url, *auth, *credentials, *cache_path; /* auth: a header */
 /* notes: a memfd, the extractor's stderr, which we show once it is done */
 static int cache_fd, quiet, rootless, nlayers, notes;
 static struct transfer *layers;
@@ -139,9 +138,12 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
 	/* The extractor unpacks a layer as it comes, into DIR alone, and the pull fails if the
 	 * digest does not match. EPIPE: the extractor failed, and says why once the layer is
-	 * verified (curl ignores SIGPIPE while it runs). */
-	if (t->layer && write(t->tee[1], data, n) < 0 && errno != EPIPE)
-		return 0;
+	 * verified (curl ignores SIGPIPE while it runs). A write that a signal interrupts, even a
+	 * stop (Ctrl-Z, then fg), returns what it wrote so far: the rest must follow, or the
+	 * extractor would unpack a stream with a hole while the digest of the whole passes. */
+	for (ssize_t w = 0, off = 0; t->layer && off < (ssize_t)n && w >= 0; off += w)
+		if ((w = write(t->tee[1], data + off, n - off)) < 0 && errno != EPIPE)
+			return 0;
 	return fwrite(data, size, n, t->out);
 }
 
