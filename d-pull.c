@@ -137,9 +137,9 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 	if (t->bytes > (t->layer ? t->size : MAX_BODY) || !EVP_DigestUpdate(t->md, data, n))
 		return 0; /* curl fails with CURLE_WRITE_ERROR */
 	/* The extractor unpacks a layer as it comes, into DIR alone, and the pull fails if the
-	 * digest does not match. EPIPE: the extractor failed, and says why once the layer is
-	 * verified (curl ignores SIGPIPE while it runs). A write that a signal interrupts, even a
-	 * stop (Ctrl-Z, then fg), returns what it wrote so far: the rest must follow, or the
+	 * digest does not match. EPIPE: the extractor ended (done, or failed: it says why once the
+	 * layer is verified; curl ignores SIGPIPE while it runs). A write that a signal interrupts,
+	 * even a stop (Ctrl-Z, then fg), returns what it wrote so far: the rest must follow, or the
 	 * extractor would unpack a stream with a hole while the digest of the whole passes. */
 	for (ssize_t w = 0, off = 0; t->layer && off < (ssize_t)n && w >= 0; off += w)
 		if ((w = write(t->tee[1], data + off, n - off)) < 0 && errno != EPIPE)
