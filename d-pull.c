@@ -627,7 +627,8 @@ static void fetch_layers(void)
 		start_extractor(t);
 		if (t->tee[1] >= 0)
 			get(t);
-		close(t->tee[1]); /* the end of the layer, for its extractor */
+		close(t->tee[1]); /* the end of the layer, for its extractor (-1, cached: nothing)
+		                   */
 		if (t->tee[1] >= 0 && !quiet)
 			warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
 	}
