@@ -118,18 +118,6 @@ static void parse_platform(const char *arg)
 		errx(2, "platform %s: want OS/ARCH[/VARIANT]", want);
 }
 
-/* what a user can do about an HTTP error; wait is its Retry-After */
-static _Noreturn void die_http(const struct transfer *t, curl_off_t wait)
-{
-	const char *advice = "unexpected answer";
-	/* Docker Hub says 401 for a repository that does not exist */
-	if (t->status == 401 || t->status == 403 || t->status == 404)
-		advice = "access denied or not found: check the name and the tag, or log in";
-	else if (t->status == 429)
-		advice = xasprintf("rate limit: wait %ld s, or log in (docker login)", (long)wait);
-	errx(1, "%s: HTTP %ld from %s: %s", image, t->status, t->url, advice);
-}
-
 static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 {
 	struct transfer *t = userdata;
@@ -147,11 +135,10 @@ static size_t on_data(char *data, size_t size, size_t n, void *userdata)
 	return fwrite(data, size, n, t->out);
 }
 
-/* (Re)starts a transfer; a layer goes to an O_TMPFILE file, so a killed pull leaves nothing.
- * A try after the first goes on where the last one stopped, with a Range request, and the
- * digest is over all of it. (Manifests, which registries serve whole, are too small to stop
- * in the middle; if one did, curl would say the server does not support ranges.) A NULL
- * handle, out of memory, makes curl_easy_perform() fail with CURLE_BAD_FUNCTION_ARGUMENT. */
+/* (Re)starts a transfer. A try after the first goes on where the last one stopped, with a Range
+ * request, and the digest is over all of it. (Manifests, which registries serve whole, are too
+ * small to stop in the middle; if one did, curl would say the server does not support ranges.) A
+ * NULL handle, out of memory, makes curl_easy_perform() fail with CURLE_BAD_FUNCTION_ARGUMENT. */
 static CURL *start(struct transfer *t)
 {
 	static const char accept[] = "Accept: application/vnd.oci.image.index.v1+json, "
@@ -162,15 +149,6 @@ static CURL *start(struct transfer *t)
 	CURL *h = curl_easy_init();
 	/* kept for the transfer's life, and not freed after: a few per pull */
 	struct curl_slist *headers = curl_slist_append(NULL, accept);
-	int fd = -1;
-	if (!t->out) {
-		if (t->layer && (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
-			err(1, "%s", cache_path);
-		t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len);
-		t->md = EVP_MD_CTX_new();
-		if (!t->out || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
-			errx(1, "out of memory");
-	}
 	curl_easy_setopt(h, CURLOPT_RESUME_FROM_LARGE, t->bytes);
 	if (auth)
 		headers = curl_slist_append(headers, auth);
@@ -195,10 +173,11 @@ static void authenticate(const char *challenge);
 
 /* 1 when the transfer must start again: after a failure that may pass, or with a new token after a
  * 401 from the registry itself. Credentials go to no one else: a blob redirected to another origin
- * gets none. Any other failure ends the pull. */
+ * gets none. Any other failure ends the pull, saying what a user can do about it. */
 static int must_retry(struct transfer *t, CURL *h, CURLcode rc)
 {
 	struct curl_header *challenge;
+	const char *advice = "unexpected answer";
 	curl_off_t wait = 0;
 	char *where;
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &t->status);
@@ -225,17 +204,30 @@ static int must_retry(struct transfer *t, CURL *h, CURLcode rc)
 		return 1;
 	}
 	/* 206: the rest of a layer, after a Range request */
-	if (t->status != 200 && t->status != 206)
-		die_http(t, wait);
-	return 0;
+	if (t->status == 200 || t->status == 206)
+		return 0;
+	/* Docker Hub says 401 for a repository that does not exist */
+	if (t->status == 401 || t->status == 403 || t->status == 404)
+		advice = "access denied or not found: check the name and the tag, or log in";
+	else if (t->status == 429)
+		advice = xasprintf("rate limit: wait %ld s, or log in (docker login)", (long)wait);
+	errx(1, "%s: HTTP %ld from %s: %s", image, t->status, t->url, advice);
 }
 
-/* GETs t->url into t->out, again while it must. A verified layer gets its name in the cache;
- * one there already is the same, or is refused where it is opened. */
+/* GETs t->url into t->out, again while it must. A layer goes to an O_TMPFILE file, so a killed
+ * pull leaves nothing, and gets its name in the cache once verified; one there already is the
+ * same, or is refused where it is opened. */
 static void get(struct transfer *t)
 {
 	char got[DIGEST_LEN + 1] = "sha256:", *where;
 	unsigned char hash[32];
+	int fd = -1;
+	if (t->layer && (fd = open(cache_path, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644)) < 0)
+		err(1, "%s", cache_path);
+	t->out = t->layer ? fdopen(fd, "w") : open_memstream(&t->body, &t->len);
+	t->md = EVP_MD_CTX_new();
+	if (!t->out || !t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
+		errx(1, "out of memory");
 	for (int again = 1; again;) {
 		CURL *h = start(t);
 		again = must_retry(t, h, curl_easy_perform(h));
@@ -460,11 +452,8 @@ static void copy_data(struct archive *in, struct archive *out, const char *name)
 	size_t len;
 	la_int64_t off;
 	int r;
-	/* a block of zeros is left a hole, as tar --sparse does, and archive_write_finish_entry()
-	 * gives the file its full size */
 	while ((r = archive_read_data_block(in, &buf, &len, &off)) == ARCHIVE_OK)
-		if ((!len || *(char *)buf || memcmp(buf, (char *)buf + 1, len - 1)) &&
-		    archive_write_data_block(out, buf, len, off) < ARCHIVE_OK)
+		if (archive_write_data_block(out, buf, len, off) < ARCHIVE_OK)
 			errx(1, "%s: %s", name, archive_error_string(out));
 	if (r != ARCHIVE_EOF)
 		errx(1, "%s: %s", name, archive_error_string(in));
@@ -519,14 +508,15 @@ static void extract_layer(int fd)
 {
 	struct archive *in = archive_read_new(), *out = archive_write_disk_new();
 	struct archive_entry *e;
-	int r;
+	/* SPARSE: a block of zeros is left a hole, as tar --sparse does, so that a small layer
+	 * cannot fill the disk with zeros */
+	int r, flags = ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_SPARSE;
 	/* not filter_all: for some formats libarchive runs a program, which a layer could supply */
 	archive_read_support_filter_gzip(in);
 	archive_read_support_filter_zstd(in);
 	archive_read_support_format_tar(in);
 	archive_read_support_format_empty(in);
-	archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
-	                                            (rootless ? 0 : ARCHIVE_EXTRACT_OWNER));
+	archive_write_disk_set_options(out, flags | (rootless ? 0 : ARCHIVE_EXTRACT_OWNER));
 	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK)
 		errx(1, "%s", archive_error_string(in));
 	/* A name that is not UTF-8 in a PAX record (as Go writes it), or any that is not ASCII,
@@ -576,14 +566,11 @@ static pid_t fork_child(void)
 static void wait_extractor(void)
 {
 	int status;
-	if (!extractor)
-		return;
 	if (waitpid(extractor, &status, 0) < 0 || lseek(notes, 0, SEEK_SET))
 		err(1, "extractor");
 	fputs(read_fd(notes, "extractor", MAX_BODY), stderr);
 	if (status)
 		exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1);
-	extractor = 0;
 }
 
 /* Unpacks a layer from tee[0], its file in the cache or a pipe its download goes through, in a
@@ -592,7 +579,6 @@ static void wait_extractor(void)
 static void start_extractor(const struct transfer *t)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
-	wait_extractor();
 	if ((notes = memfd_create("extractor", MFD_CLOEXEC)) < 0)
 		err(1, "memfd_create");
 	if ((extractor = fork_child())) {
@@ -627,12 +613,12 @@ static void fetch_layers(void)
 		start_extractor(t);
 		if (t->tee[1] >= 0)
 			get(t);
-		close(t->tee[1]); /* the end of the layer, for its extractor (-1, cached: nothing)
-		                   */
+		/* the end of the layer, for its extractor (-1, for a cached layer: nothing) */
+		close(t->tee[1]);
 		if (t->tee[1] >= 0 && !quiet)
 			warnx("%s: %.1f MB downloaded", t->digest, t->bytes / 1e6);
+		wait_extractor();
 	}
-	wait_extractor();
 }
 
 /* The cache's names are trusted as the hashes of their contents: nobody else may write there. */

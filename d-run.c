@@ -17,7 +17,7 @@ static const char *opt_user;
 static int net, rw;
 static const char **args, *dir, *conf_name;
 static int nargs, dir_fd, root_fd, nbinds;
-static struct {
+static struct bind {
 	const char *dest, *host;
 } * binds; /* the volumes */
 /* Where bwrap mounts its own /proc and /dev, once resolved. They are full of magic links that
@@ -125,18 +125,18 @@ static int open_in_sandbox(const char *path, int flags)
  * on an x86_64 kernel calls through the 32-bit table, hence its names ending in 32. */
 static void add_filter(void)
 {
-	static const char faked[] =
+	/* called once: strtok() may cut it up */
+	static char faked[] =
 	        "chown fchown lchown fchownat chown32 fchown32 lchown32 setuid setuid32 setgid "
 	        "setgid32 setreuid setreuid32 setregid setregid32 setresuid setresuid32 "
 	        "setresgid setresgid32 setfsuid setfsuid32 setfsgid setfsgid32 setgroups "
 	        "setgroups32 capset";
-	char *names = xasprintf("%s", faked), *name, *save = NULL;
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
 	/* an architecture the filter does not know is not filtered */
 	int fd, r = !ctx || seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
 	/* for an i386 image on x86_64; elsewhere useless, or refused (EEXIST) where native */
 	seccomp_arch_add(ctx, SCMP_ARCH_X86);
-	for (name = strtok_r(names, " ", &save); !r && name; name = strtok_r(NULL, " ", &save))
+	for (char *name = strtok(faked, " "); !r && name; name = strtok(NULL, " "))
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(0), seccomp_syscall_resolve_name(name), 0);
 	if (r || (fd = memfd_create("d-run filter", 0)) < 0 || seccomp_export_bpf(ctx, fd) ||
 	    lseek(fd, 0, SEEK_SET))
@@ -197,8 +197,7 @@ static void add_volume(const char *spec)
 		    is_under(real, binds[i].host) || is_under(binds[i].host, real))
 			errx(1, "volume %s: %s and volume %s nest", spec, dest, binds[i].dest);
 	binds = xrealloc(binds, (nbinds + 1) * sizeof(*binds));
-	binds[nbinds].host = real;
-	binds[nbinds++].dest = dest;
+	binds[nbinds++] = (struct bind){ .dest = dest, .host = real };
 	add(strncmp(real, "/dev/", 5) ? how : "--dev-bind", real, dest, NULL);
 }
 
