@@ -11,7 +11,7 @@ DEBS = gcc make pkg-config libcurl4-openssl-dev libarchive-dev libcjson-dev libs
 	libseccomp-dev dpkg-dev \
 	bubblewrap ca-certificates \
 	docker-registry skopeo umoci buildah debootstrap busybox-static python3 python3-jwt python3-cryptography \
-	openssl zstd perl util-linux curl jq shellcheck clang-format cloc mandoc
+	openssl zstd perl util-linux curl jq shellcheck clang-format cloc mandoc gdb
 
 all: d-pull d-run
 

@@ -10,12 +10,12 @@
 #include <dirent.h>
 #include <ftw.h>
 #include <libgen.h>
+#include <linux/capability.h>
 #include <openssl/evp.h>
 #include <regex.h>
 #include <sched.h>
 #include <search.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -579,6 +579,8 @@ static void wait_extractor(void)
 static void start_extractor(const struct transfer *t)
 {
 	char *uid_map = xasprintf("0 %u 1", getuid()), *gid_map = xasprintf("0 %u 1", getgid());
+	struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct caps[2];
 	if ((notes = memfd_create("extractor", MFD_CLOEXEC)) < 0)
 		err(1, "memfd_create");
 	if ((extractor = fork_child())) {
@@ -588,7 +590,9 @@ static void start_extractor(const struct transfer *t)
 	close(t->tee[1]); /* the pipe's write end is the downloader's: its close ends the layer */
 	dup2(notes, 2);
 	program_invocation_short_name = xasprintf("d-pull: %s", t->digest);
-	if (rootless && unshare(CLONE_NEWUSER))
+	/* unprivileged, and a network namespace: nothing to send what it knows to (as root, the
+	 * host's network stays: CLONE_NEWNET needs CAP_SYS_ADMIN, which containers lack) */
+	if (rootless && unshare(CLONE_NEWUSER | CLONE_NEWNET))
 		err(1, "unshare a user namespace");
 	if (rootless) {
 		write_file(AT_FDCWD, "/proc/self/setgroups", 0, "deny");
@@ -597,7 +601,22 @@ static void start_extractor(const struct transfer *t)
 	}
 	if (fchdir(rootfs_fd) || chroot("."))
 		err(1, "chroot %s/rootfs", out_dir);
-	extract_layer(t->tee[0]);
+	/* It reads bytes not yet verified while they stream, through libarchive, zlib and zstd.
+	 * Should one of them have a hole, what gets in must not leave the chroot: it keeps no fd
+	 * but the layer on 0 and its messages on 1 and 2 (one of a directory outside leads out),
+	 * and of root's powers only what unpacking needs, the owners, modes and times of others'
+	 * files; not chroot, mount, mknod or ptrace, ways out of a chroot. (Unprivileged, these are
+	 * powers in its user namespace, over its own files.) */
+	if (dup2(t->tee[0], 0) < 0 || dup2(2, 1) < 0 || close_range(3, ~0U, 0) ||
+	    syscall(SYS_capget, &head, caps))
+		err(1, "extractor: confine");
+	caps[0].permitted &=
+	        1 << CAP_CHOWN | 1 << CAP_DAC_OVERRIDE | 1 << CAP_FOWNER | 1 << CAP_FSETID;
+	caps[0].effective = caps[0].permitted;
+	caps[1] = (struct __user_cap_data_struct){ 0 };
+	if (syscall(SYS_capset, &head, caps))
+		err(1, "extractor: capset");
+	extract_layer(0);
 	_exit(0);
 }
 

@@ -5,8 +5,6 @@
 #define _GNU_SOURCE
 #include <linux/openat2.h>
 #include <seccomp.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include "common.h"
 #define MAX_FILE (1 << 20)
 #define IN_ROOT (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)

@@ -63,25 +63,7 @@ DELAYS=(0.05 0.15 0.3 0.5)
 # set-up; per user: reference, 1, 1b, 1c, 2, 3, 3b, 3c, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13
 plan $((4 + NW * (1 + 3 + 4 + 6 + 3 + 4 + 2 + 2 + 4 + 3 + 6 + 2 + 2 + 5 + 4 + 2 + 4 * ${#SIGNALS[@]} + 4 + 2 + 5)))
 
-# --- helpers (run, expect_failure, start_proxy... are lib.sh's) ----------------------------
-
-# front NAME RULE...: a proxy of the tls registry with these rules (JSON), of this test and
-# user alone (the rules' counters and the logs start afresh); sets P (its 127.0.0.1:PORT, port
-# 1 where nothing listens if it did not start), LOG and ANS (its logs of requests and answers)
-front() {
-	local name=$1 rule args=()
-	shift
-	for rule; do
-		args+=(--rule "$rule")
-	done
-	start_proxy "$name" --upstream "https://$REG_TLS" "${args[@]}"
-	P=127.0.0.1:$(cat "$T/proxy-$name/port" 2>/dev/null || echo 1)
-	LOG=$T/proxy-$name/log
-	ANS=$T/proxy-$name/answers
-}
-
-# blob_rule DIGEST OBJECT: a rule for the GETs of that blob; OBJECT (jq) says what it does
-blob_rule() { jq -nc --arg m "/blobs/$1\$" "{method: \"GET\", match: \$m} + ($2)"; }
+# --- helpers (run, expect_failure, front, blob_rule, start_pull, pids_with... are lib.sh's) ---
 
 # gets LOG DIGEST: how many GETs of that blob reached the proxy
 gets() { jq -r 'select(.method == "GET") | .path' "$1" | grep -c "/blobs/$2\$"; }
@@ -131,47 +113,6 @@ cache_check() {
 forget() {
 	chmod -R u+rwx "$1" 2>/dev/null
 	rm -rf "$1"
-}
-
-# start_pull WHO CACHE REF DIR [WRAPPER...]: d-pull -q REF DIR as WHO in WHO's home, in the
-# background, stderr in $T/pull.err; sets PULL to its pid: d-pull's own, no shell in between
-# (exec_as), and WRAPPER (setsid) execs it too
-start_pull() {
-	local who=$1 cache=$2 ref=$3 dir=$4
-	shift 4
-	(cd "$(user_home "$who")" && exec_as "$who" "$@" env --default-signal=INT XDG_CACHE_HOME="$cache" \
-		"$DPULL" -q "$ref" "$dir") 2>"$T/pull.err" &
-	PULL=$!
-}
-
-# pids_with WORD: the processes that have WORD as a word of their command line. A pull's DIR
-# (a path under $T: no other run has it) finds d-pull, its child and the unpacking grandchild,
-# which share d-pull's argv.
-pids_with() {
-	local f a args
-	for f in /proc/[0-9]*/cmdline; do
-		mapfile -d '' -t args 2>/dev/null <"$f" || continue
-		for a in "${args[@]}"; do
-			if [ "$a" = "$1" ]; then
-				f=${f#/proc/}
-				echo "${f%/cmdline}"
-				break
-			fi
-		done
-	done
-	return 0
-}
-
-# await_answer ANS DIGEST: until the proxy has answered a GET of that blob (its log ANS says so
-# before the answer goes out), while PULL runs; $GUARD s at most, against hanging
-await_answer() {
-	local i
-	for ((i = 0; i < GUARD * 10; i++)); do
-		grep -q "/blobs/$2\"" "$1" 2>/dev/null && return 0
-		kill -0 "$PULL" 2>/dev/null || return 1
-		sleep 0.1
-	done
-	return 1
 }
 
 # stalled_pull NAME SIG [group]: a cold pull of layers into $H/NAME (cache $H/c-NAME) through a
